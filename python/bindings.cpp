@@ -1,0 +1,22 @@
+// The pybind11 module tca._core: a thin layer over the runtime. Each concern binds itself in its own
+// file (bind_*.cpp); this file only creates the module and the error type.
+#include <pybind11/pybind11.h>
+
+#include "bind.h"
+#include "common.h"
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "tca-engine runtime";
+    static py::exception<tca::error> tca_error(m, "TcaError", PyExc_RuntimeError);
+    py::register_exception_translator([](std::exception_ptr p) {
+        try {
+            if (p) {
+                std::rethrow_exception(p);
+            }
+        } catch (const tca::error & e) {
+            py::set_error(tca_error, e.what());
+        }
+    });
+}
