@@ -5,5 +5,7 @@
 
 namespace tca {
 
+void bind_model(pybind11::module_ & m);
+
 
 }  // namespace tca
