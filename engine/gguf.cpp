@@ -70,6 +70,64 @@ bool is_signed_int(gguf_type t) {
     return t == gguf_type::INT8 || t == gguf_type::INT16 || t == gguf_type::INT32 || t == gguf_type::INT64;
 }
 
+// Length of the valid UTF-8 sequence at s[i] (RFC 3629: no overlongs, surrogates or code points past
+// U+10FFFF), or 0 when the bytes there are not one.
+size_t utf8_len(const std::string & s, size_t i) {
+    const auto at = [&](size_t k) { return i + k < s.size() ? uint8_t(s[i + k]) : 0; };
+    const auto in = [](uint8_t b, uint8_t lo, uint8_t hi) { return b >= lo && b <= hi; };
+    const uint8_t b0 = at(0);
+    if (b0 < 0x80) {
+        return 1;
+    }
+    size_t  n  = 0;
+    uint8_t lo = 0x80, hi = 0xbf;  // range of the second byte
+    if (in(b0, 0xc2, 0xdf)) {
+        n = 2;
+    } else if (in(b0, 0xe0, 0xef)) {
+        n  = 3;
+        lo = b0 == 0xe0 ? 0xa0 : 0x80;
+        hi = b0 == 0xed ? 0x9f : 0xbf;
+    } else if (in(b0, 0xf0, 0xf4)) {
+        n  = 4;
+        lo = b0 == 0xf0 ? 0x90 : 0x80;
+        hi = b0 == 0xf4 ? 0x8f : 0xbf;
+    } else {
+        return 0;
+    }
+    if (!in(at(1), lo, hi)) {
+        return 0;
+    }
+    for (size_t k = 2; k < n; ++k) {
+        if (!in(at(k), 0x80, 0xbf)) {
+            return 0;
+        }
+    }
+    return n;
+}
+
+}  // namespace
+
+std::string gguf_printable(const std::string & s) {
+    constexpr size_t k_max_shown = 200;
+    std::string      out;
+    for (size_t i = 0; i < s.size();) {
+        if (out.size() >= k_max_shown) {
+            return out + strfmt("...(%zu bytes)", s.size());
+        }
+        const size_t n = utf8_len(s, i);
+        if (n == 0 || (n == 1 && (uint8_t(s[i]) < 0x20 || s[i] == 0x7f))) {
+            out += strfmt("\\x%02x", uint8_t(s[i]));
+            i += 1;
+        } else {
+            out.append(s, i, n);
+            i += n;
+        }
+    }
+    return out;
+}
+
+namespace {
+
 // Bounds-checked reads over the mapped file. Every read first checks that its bytes lie inside the
 // file, so nothing is allocated or copied on the word of an unchecked length. Errors name the path and
 // what was being read (`where`, set by the parser as it goes).
@@ -281,7 +339,7 @@ void gguf_file::parse() {
         c.where = strfmt("KV pair %" PRIu64, i);
         gguf_kv kv{};
         kv.key  = c.read_str("key");
-        c.where = "key '" + kv.key + "'";
+        c.where = "key '" + gguf_printable(kv.key) + "'";
         if (kv_index_.count(kv.key) != 0) {
             c.fail_here("duplicate key");
         }
@@ -316,7 +374,7 @@ void gguf_file::parse() {
         c.where = strfmt("tensor info %" PRIu64, i);
         gguf_tensor t{};
         t.name  = c.read_str("tensor name");
-        c.where = "tensor '" + t.name + "'";
+        c.where = "tensor '" + gguf_printable(t.name) + "'";
         if (tensor_index_.count(t.name) != 0) {
             c.fail_here("duplicate tensor name");
         }
@@ -380,7 +438,7 @@ void gguf_file::parse() {
         if (t.offset > data_size || t.n_bytes > data_size - t.offset) {
             fail("%s: tensor '%s': data [offset %" PRIu64 ", %" PRIu64 " bytes) lies outside the file (size %zu, "
                  "data section at %" PRIu64 ")",
-                 path_.c_str(), t.name.c_str(), t.offset, t.n_bytes, size_, data_pos_);
+                 path_.c_str(), gguf_printable(t.name).c_str(), t.offset, t.n_bytes, size_, data_pos_);
         }
         t.data = base_ + data_pos_ + t.offset;
     }
@@ -393,7 +451,7 @@ bool gguf_file::has(const std::string & key) const {
 const gguf_kv & gguf_file::kv(const std::string & key) const {
     const auto it = kv_index_.find(key);
     if (it == kv_index_.end()) {
-        fail("%s: key '%s' not found", path_.c_str(), key.c_str());
+        fail("%s: key '%s' not found", path_.c_str(), gguf_printable(key).c_str());
     }
     return kvs_[it->second];
 }
@@ -405,7 +463,8 @@ gguf_type gguf_file::type_of(const std::string & key) const {
 gguf_type gguf_file::arr_type_of(const std::string & key) const {
     const gguf_kv & v = kv(key);
     if (v.type != gguf_type::ARRAY) {
-        fail("%s: key '%s' is %s, expected ARRAY", path_.c_str(), key.c_str(), gguf_type_name(v.type));
+        fail("%s: key '%s' is %s, expected ARRAY", path_.c_str(), gguf_printable(key).c_str(),
+             gguf_type_name(v.type));
     }
     return v.arr_type;
 }
@@ -419,10 +478,11 @@ namespace {
 
 [[noreturn]] void fail_type(const std::string & path, const gguf_kv & v, const char * expected) {
     if (v.type == gguf_type::ARRAY) {
-        fail("%s: key '%s' is ARRAY of %s, expected %s", path.c_str(), v.key.c_str(), gguf_type_name(v.arr_type),
-             expected);
+        fail("%s: key '%s' is ARRAY of %s, expected %s", path.c_str(), gguf_printable(v.key).c_str(),
+             gguf_type_name(v.arr_type), expected);
     }
-    fail("%s: key '%s' is %s, expected %s", path.c_str(), v.key.c_str(), gguf_type_name(v.type), expected);
+    fail("%s: key '%s' is %s, expected %s", path.c_str(), gguf_printable(v.key).c_str(), gguf_type_name(v.type),
+         expected);
 }
 
 // The value of an integer key as a decimal string, for messages.
@@ -494,7 +554,8 @@ uint32_t gguf_file::get_u32(const std::string & key) const {
         return uint32_t(v.i64);
     }
     if (is_unsigned_int(v.type) || is_signed_int(v.type)) {
-        fail("%s: key '%s' = %s does not fit in UINT32", path_.c_str(), key.c_str(), int_to_string(v).c_str());
+        fail("%s: key '%s' = %s does not fit in UINT32", path_.c_str(), gguf_printable(key).c_str(),
+             int_to_string(v).c_str());
     }
     fail_type(path_, v, "an integer");
 }
@@ -508,7 +569,8 @@ int64_t gguf_file::get_i64(const std::string & key) const {
         return int64_t(v.u64);
     }
     if (is_unsigned_int(v.type)) {
-        fail("%s: key '%s' = %s does not fit in INT64", path_.c_str(), key.c_str(), int_to_string(v).c_str());
+        fail("%s: key '%s' = %s does not fit in INT64", path_.c_str(), gguf_printable(key).c_str(),
+             int_to_string(v).c_str());
     }
     fail_type(path_, v, "an integer");
 }

@@ -36,6 +36,10 @@ const char * gguf_type_name(gguf_type type);
 // Bytes of one value of a fixed-size type; 0 for STRING and ARRAY.
 size_t gguf_type_size(gguf_type type);
 
+// A key or tensor name from a file, made safe for an error message: control bytes and invalid UTF-8
+// become \xNN (messages must decode as UTF-8 in Python) and names past 200 bytes are cut.
+std::string gguf_printable(const std::string & s);
+
 // One validated tensor info.
 struct gguf_tensor {
     std::string     name;

@@ -29,6 +29,21 @@ py::str to_py_str(const std::string & s) {
     return to_py_str(s.data(), s.size());
 }
 
+// The inverse, for keys and names passed back in: surrogate escapes become the original bytes.
+std::string from_py_str(const py::str & s) {
+    PyObject * b = PyUnicode_AsEncodedString(s.ptr(), "utf-8", "surrogateescape");
+    if (b == nullptr) {
+        throw py::error_already_set();
+    }
+    return std::string(py::reinterpret_steal<py::bytes>(b));
+}
+
+// Wraps a getter gguf_file::*(const std::string & key) so that it takes the key as a Python str.
+template <typename R>
+auto by_key(R (gguf_file::*getter)(const std::string &) const) {
+    return [getter](const gguf_file & f, const py::str & key) { return (f.*getter)(from_py_str(key)); };
+}
+
 // One fixed-size array element at p (possibly unaligned).
 py::object elem_to_py(gguf_type type, const uint8_t * p) {
     union {
@@ -145,50 +160,63 @@ void bind_gguf(py::module_ & m) {
                                })
         .def(
             "tensor_bytes",
-            [](const gguf_file & f, const std::string & name) {
-                const gguf_tensor * t = f.find_tensor(name);
+            [](const gguf_file & f, const py::str & name) {
+                const gguf_tensor * t = f.find_tensor(from_py_str(name));
                 if (t == nullptr) {
-                    fail("%s: no tensor '%s'", f.path().c_str(), name.c_str());
+                    fail("%s: no tensor '%s'", f.path().c_str(), gguf_printable(from_py_str(name)).c_str());
                 }
                 py::array_t<uint8_t> out(py::ssize_t(t->n_bytes));
                 std::memcpy(out.mutable_data(), t->data, t->n_bytes);
                 return out;
             },
             py::arg("name"), "A copy of the tensor's raw bytes as a uint8 array.")
-        .def("has", &gguf_file::has, py::arg("key"))
+        .def("has", by_key(&gguf_file::has), py::arg("key"))
         .def(
-            "type_of", [](const gguf_file & f, const std::string & key) { return gguf_type_name(f.type_of(key)); },
+            "type_of",
+            [](const gguf_file & f, const py::str & key) { return gguf_type_name(f.type_of(from_py_str(key))); },
             py::arg("key"))
         .def(
             "arr_type_of",
-            [](const gguf_file & f, const std::string & key) { return gguf_type_name(f.arr_type_of(key)); },
+            [](const gguf_file & f, const py::str & key) {
+                return gguf_type_name(f.arr_type_of(from_py_str(key)));
+            },
             py::arg("key"))
-        .def("arr_len", &gguf_file::arr_len, py::arg("key"))
-        .def("get_u32", &gguf_file::get_u32, py::arg("key"))
-        .def("get_i64", &gguf_file::get_i64, py::arg("key"))
-        .def("get_f32", &gguf_file::get_f32, py::arg("key"))
-        .def("get_bool", &gguf_file::get_bool, py::arg("key"))
+        .def("arr_len", by_key(&gguf_file::arr_len), py::arg("key"))
+        .def("get_u32", by_key(&gguf_file::get_u32), py::arg("key"))
+        .def("get_i64", by_key(&gguf_file::get_i64), py::arg("key"))
+        .def("get_f32", by_key(&gguf_file::get_f32), py::arg("key"))
+        .def("get_bool", by_key(&gguf_file::get_bool), py::arg("key"))
         .def(
-            "get_str", [](const gguf_file & f, const std::string & key) { return to_py_str(f.get_str(key)); },
+            "get_str", [](const gguf_file & f, const py::str & key) { return to_py_str(f.get_str(from_py_str(key))); },
             py::arg("key"))
-        .def("get_u32_or", &gguf_file::get_u32_or, py::arg("key"), py::arg("fallback"))
-        .def("get_f32_or", &gguf_file::get_f32_or, py::arg("key"), py::arg("fallback"))
         .def(
-            "get_str_or",
-            [](const gguf_file & f, const std::string & key, const std::string & fallback) {
-                return to_py_str(f.get_str_or(key, fallback));
+            "get_u32_or",
+            [](const gguf_file & f, const py::str & key, uint32_t fallback) {
+                return f.get_u32_or(from_py_str(key), fallback);
             },
             py::arg("key"), py::arg("fallback"))
-        .def("get_arr_f32", &gguf_file::get_arr_f32, py::arg("key"))
-        .def("get_arr_i32", &gguf_file::get_arr_i32, py::arg("key"))
+        .def(
+            "get_f32_or",
+            [](const gguf_file & f, const py::str & key, float fallback) {
+                return f.get_f32_or(from_py_str(key), fallback);
+            },
+            py::arg("key"), py::arg("fallback"))
+        .def(
+            "get_str_or",
+            [](const gguf_file & f, const py::str & key, const py::str & fallback) {
+                return to_py_str(f.get_str_or(from_py_str(key), from_py_str(fallback)));
+            },
+            py::arg("key"), py::arg("fallback"))
+        .def("get_arr_f32", by_key(&gguf_file::get_arr_f32), py::arg("key"))
+        .def("get_arr_i32", by_key(&gguf_file::get_arr_i32), py::arg("key"))
         .def(
             "get_arr_str",
-            [](const gguf_file & f, const std::string & key) { return str_list(f.get_arr_str(key)); },
+            [](const gguf_file & f, const py::str & key) { return str_list(f.get_arr_str(from_py_str(key))); },
             py::arg("key"))
         .def(
             "value_to_string",
-            [](const gguf_file & f, const std::string & key, uint64_t max_arr) {
-                return to_py_str(f.value_to_string(key, max_arr));
+            [](const gguf_file & f, const py::str & key, uint64_t max_arr) {
+                return to_py_str(f.value_to_string(from_py_str(key), max_arr));
             },
             py::arg("key"), py::arg("max_arr") = 0);
 }

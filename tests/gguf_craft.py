@@ -84,7 +84,7 @@ class Tensor:
     shape: list[int]  # ne, ne[0] first
     type_id: int = 0
     data: bytes = b""
-    offset: int | None = None  # relative to the data section; None: after the previous tensor, aligned
+    offset: int | None = None  # relative to the data section; None: after the previous data, aligned
     n_dims: int | None = None  # None: len(shape)
 
 
@@ -108,7 +108,8 @@ def craft(
     for t in tensors:
         off = -(-end // alignment) * alignment if t.offset is None else t.offset
         offsets.append(off)
-        end = max(end, off + len(t.data))
+        if t.data:
+            end = max(end, off + len(t.data))
     head = b"GGUF" + u32(version)
     head += u64(len(tensors) if n_tensors is None else n_tensors) + u64(len(kvs) if n_kv is None else n_kv)
     head += b"".join(kvs) + b"".join(tensor_info(t, off) for t, off in zip(tensors, offsets))

@@ -226,3 +226,230 @@ def test_crafted_alignment_and_empty_tensor(tmp_path):
     assert f.tensor_bytes("b").tobytes() == b"\x02" * 8 and f.tensor_bytes("empty").size == 0
     # Metadata only, no tensors: no data section is needed.
     assert GGUFFile(write(tmp_path, craft([kv("a", VT.UINT8, 1)]), "meta.gguf")).tensors == []
+
+
+# --- hostile inputs ------------------------------------------------------------------------------------
+
+HEADER = b"GGUF" + u32(3)
+
+
+def header(n_tensors: int, n_kv: int, version: int = 3) -> bytes:
+    return b"GGUF" + u32(version) + u64(n_tensors) + u64(n_kv)
+
+
+def test_missing_directory_empty(tmp_path):
+    open_error(str(tmp_path / "nope.gguf"), "cannot open: No such file")
+    open_error(str(tmp_path), "is a directory")
+    open_error(write(tmp_path, b""), "empty file")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_bytes(tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 256, int(rng.integers(1, 5000)), dtype=np.uint8).tobytes()
+    expect_error(tmp_path, data, "not a GGUF file")
+    # With a valid magic the random rest must still fail cleanly.
+    expect_error(tmp_path, b"GGUF" + data, "version|truncated|claims|past the end|unknown|duplicate")
+
+
+@pytest.mark.parametrize(
+    ("version", "pattern"),
+    [
+        (1, "GGUF version 1 is not supported"),
+        (0, "unsupported GGUF version 0"),
+        (99, "unsupported GGUF version 99"),
+        (0x03000000, "big-endian GGUF files are not supported"),
+    ],
+)
+def test_bad_version(tmp_path, version, pattern):
+    expect_error(tmp_path, craft([kv("a", VT.UINT8, 1)], version=version), pattern)
+
+
+def test_huge_counts_fail_fast(tmp_path):
+    body = kv("a", VT.UINT32, 1) * 4
+    expect_error(tmp_path, header(2**60, 0) + body, f"header claims {2**60} tensors")
+    expect_error(tmp_path, header(0, 2**60) + body, f"header claims {2**60} KV pairs")
+    expect_error(tmp_path, header(2**64 - 1, 2**64 - 1) + body, "header claims")
+    expect_error(tmp_path, header(1, 2) + body[:40], "header claims 1 tensors and 2 KV pairs")
+
+
+def test_lengths_past_the_end(tmp_path):
+    rest = bytes(range(40))
+    expect_error(tmp_path, header(0, 1) + u64(1000) + rest, r"KV pair 0: file truncated: key needs 1000 bytes")
+    expect_error(tmp_path, header(0, 1) + gguf_str("s") + u32(VT.STRING) + u64(2**62) + rest, "STRING value needs")
+    arr = gguf_str("arr") + u32(VT.ARRAY)
+    expect_error(
+        tmp_path,
+        header(0, 1) + arr + u32(VT.INT32) + u64(2**40) + rest,
+        f"key 'arr': array of {2**40} INT32 elements .* runs past the end",
+    )
+    expect_error(tmp_path, header(0, 1) + arr + u32(VT.FLOAT64) + u64(2**64 - 1) + rest, "runs past the end")
+    expect_error(tmp_path, header(0, 1) + arr + u32(VT.STRING) + u64(2**40) + rest, "array of .* strings runs past")
+    strings = gguf_str("a") + gguf_str("b") + u64(2**50) + b"c"
+    expect_error(
+        tmp_path, header(0, 1) + arr + u32(VT.STRING) + u64(3) + strings + rest, "string 2 of the array has length"
+    )
+    expect_error(tmp_path, header(1, 0) + u64(2**33) + rest, "tensor info 0: file truncated: tensor name needs")
+    pad = [kv("pad", VT.STRING, "x" * 64)]
+    end_of_info = len(craft(pad, [Tensor("w", [4], 0)], alignment=1))
+    expect_error(tmp_path, craft(pad, [Tensor("w", [4], 0)])[: end_of_info - 4], "tensor 'w': file truncated")
+
+
+def test_bad_value_types(tmp_path):
+    expect_error(tmp_path, header(0, 1) + gguf_str("x") + u32(13) + bytes(16), "key 'x': unknown value type id 13")
+    arr = gguf_str("x") + u32(VT.ARRAY)
+    expect_error(tmp_path, header(0, 1) + arr + u32(77) + u64(1) + bytes(16), "unknown array element type id 77")
+    nested = arr + u32(VT.ARRAY) + u64(1) + u32(VT.UINT8) + u64(1) + b"\x01"
+    expect_error(tmp_path, header(0, 1) + nested, "key 'x': nested arrays")
+
+
+def test_bool_must_be_0_or_1(tmp_path):
+    # Decision: a BOOL byte other than 0 or 1 is an error, not "true" (the file is not what it claims).
+    expect_error(tmp_path, header(0, 1) + gguf_str("b") + u32(VT.BOOL) + b"\x02", "BOOL value byte 2 is neither")
+    arr = gguf_str("b") + u32(VT.ARRAY) + u32(VT.BOOL) + u64(3) + b"\x01\x00\xff"
+    expect_error(tmp_path, header(0, 1) + arr, "BOOL array element 2 is byte 255")
+
+
+def test_duplicates(tmp_path):
+    expect_error(tmp_path, craft([kv("k", VT.UINT8, 1), kv("k", VT.UINT8, 2)]), "key 'k': duplicate key")
+    tensors = [Tensor("w", [4], 0, bytes(16)), Tensor("w", [4], 0, bytes(16))]
+    expect_error(tmp_path, craft([], tensors), "tensor 'w': duplicate tensor name")
+
+
+@pytest.mark.parametrize(
+    ("vtype", "value", "pattern"),
+    [
+        (VT.UINT32, 0, "'general.alignment' = 0 is not a power of two"),
+        (VT.UINT32, 3, "'general.alignment' = 3 is not a power of two"),
+        (VT.UINT32, 96, "= 96 is not a power of two"),
+        (VT.UINT64, 32, "'general.alignment' is UINT64, expected UINT32"),
+        (VT.INT32, 32, "'general.alignment' is INT32, expected UINT32"),
+        (VT.STRING, "32", "'general.alignment' is STRING, expected UINT32"),
+    ],
+)
+def test_bad_alignment(tmp_path, vtype, value, pattern):
+    expect_error(tmp_path, craft([kv("general.alignment", vtype, value)], [Tensor("w", [8], 0, bytes(32))]), pattern)
+
+
+@pytest.mark.parametrize(
+    ("tensor", "pattern"),
+    [
+        (Tensor("w", [4], 0, offset=4096), r"tensor 'w': data \[offset 4096, 16 bytes\) lies outside the file"),
+        (Tensor("w", [4], 0, bytes(8)), r"data \[offset 32, 16 bytes\) lies outside the file \(size \d+"),
+        (Tensor("w", [4], 0, offset=2**64 - 32), "lies outside the file"),
+        (Tensor("w", [4], 0, bytes(48), offset=4), "data offset 4 is not a multiple of the alignment 32"),
+        (Tensor("w", [4], 9999, bytes(16)), "tensor 'w': unknown tensor type id 9999"),
+        (Tensor("w", [4], 4, bytes(16)), "unknown tensor type id 4"),
+        (Tensor("w", [33, 2], 2, bytes(64)), "ne\\[0\\] = 33 is not a multiple of the block size 32 of type Q4_0"),
+        (Tensor("w", [128], 12, bytes(144)), "not a multiple of the block size 256 of type Q4_K"),
+        (Tensor("w", [1, 1, 1, 1, 1], 0, bytes(4)), "n_dims 5 is not between 1 and 4"),
+        (Tensor("w", [], 0, bytes(4)), "n_dims 0 is not between 1 and 4"),
+        (Tensor("w", [4, -3], 0, bytes(16)), "ne\\[1\\] = -3 is negative"),
+        (Tensor("w", [2**62, 2**62], 0, bytes(16)), "element count overflows"),
+        (Tensor("w", [2**31, 2**31, 2**31], 1, bytes(16)), "element count overflows"),
+        (Tensor("w", [2**62, 1], 0, bytes(16)), "byte count overflows"),
+        (Tensor("w", [2**60], 0, bytes(16)), "lies outside the file"),
+    ],
+)
+def test_bad_tensor_info(tmp_path, tensor, pattern):
+    ok = Tensor("ok", [32], 2, bytes(18))
+    expect_error(tmp_path, craft([kv("general.architecture", VT.STRING, "llama")], [ok, tensor]), pattern)
+
+
+def test_missing_padding_before_data(tmp_path):
+    pad = [kv("pad", VT.STRING, "x" * 30)]
+    data = craft(pad, [Tensor("empty", [0], 0)])
+    assert GGUFFile(write(tmp_path, data)).tensors[0]["n_bytes"] == 0
+    unpadded = craft(pad, [Tensor("empty", [0], 0)], alignment=1)
+    assert len(unpadded) < len(data)
+    expect_error(tmp_path, unpadded, f"data section would start at offset {len(data)}, past the end of the file")
+
+
+def test_smollm2_truncated_header(tmp_path, smollm2_path):
+    """Cuts every few bytes over the first 64 KiB: each must fail cleanly."""
+    path = tmp_path / "cut.gguf"
+    with open(smollm2_path, "rb") as src:
+        path.write_bytes(src.read(1 << 16))
+    cuts = sorted(set(range(0, 256)) | set(range(256, 1 << 16, 7)), reverse=True)
+    for cut in cuts:
+        os.truncate(path, cut)
+        with pytest.raises(TcaError) as e:
+            GGUFFile(str(path))
+        msg = str(e.value)
+        assert msg.startswith(f"{path}: ") and re.search("truncated|past the end|empty file|not a GGUF", msg), msg
+
+
+def test_smollm2_truncated_late(tmp_path, smollm2, smollm2_path):
+    """Cuts through the rest of the header (the tokenizer arrays, the tensor infos) and the data."""
+    path = tmp_path / "cut.gguf"
+    shutil.copyfile(smollm2_path, path)
+    data_offset = smollm2.data_offset
+    data_end = data_offset + max(t["offset"] + t["n_bytes"] for t in smollm2.tensors)
+    cuts = list(np.linspace(1 << 16, data_offset, 150, dtype=np.int64))
+    cuts += list(np.linspace(data_offset + 1, data_end - 1, 40, dtype=np.int64)) + [data_end - 1]
+    for cut in sorted(set(cuts), reverse=True):
+        os.truncate(path, int(cut))
+        with pytest.raises(TcaError) as e:
+            GGUFFile(str(path))
+        msg = str(e.value)
+        assert re.search("truncated|past the end|lies outside the file", msg), msg
+        if cut > data_offset:
+            assert "lies outside the file" in msg, msg
+
+
+def fuzz(dir_path: str, seed: int, n_iter: int) -> None:
+    """Mutates a small valid crafted file n_iter times (byte flips, truncations, huge words, inserted
+    bytes); each must parse (and then read back fully) or raise TcaError. Anything else (another
+    exception, a crash, a huge allocation under the address-space limit) fails the calling test."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+    rng = np.random.default_rng(seed)
+    base, _ = valid_file(seed=seed)
+    path = str(Path(dir_path) / "fuzz.gguf")
+    n_ok = 0
+    for _ in range(n_iter):
+        data = bytearray(base)
+        kind = rng.integers(0, 4)
+        if kind == 0:
+            for pos in rng.integers(0, len(data), int(rng.integers(1, 5))):
+                data[pos] = int(rng.integers(0, 256))
+        elif kind == 1:
+            del data[int(rng.integers(0, len(data))) :]
+        elif kind == 2:
+            pos = int(rng.integers(0, len(data) - 8))
+            huge = [2**63, 2**64 - 1, 2**32, 2**40, 1 << int(rng.integers(0, 64))]
+            data[pos : pos + 8] = u64(huge[int(rng.integers(0, len(huge)))])
+        else:
+            pos = int(rng.integers(0, len(data)))
+            data[pos:pos] = rng.integers(0, 256, int(rng.integers(1, 9)), dtype=np.uint8).tobytes()
+        Path(path).write_bytes(bytes(data))
+        try:
+            f = GGUFFile(path)
+        except TcaError as e:
+            assert str(e).startswith(path + ": "), str(e)
+            continue
+        n_ok += 1
+        f.metadata  # noqa: B018 (decodes every value)
+        for key in f.keys():
+            f.value_to_string(key, 16)
+            for getter in (f.get_u32, f.get_i64, f.get_f32, f.get_bool, f.get_str, f.get_arr_f32, f.get_arr_str):
+                try:
+                    getter(key)
+                except TcaError as e:
+                    assert "expected" in str(e) or "does not fit" in str(e), str(e)
+        for t in f.tensors:
+            assert f.tensor_bytes(t["name"]).size == t["n_bytes"]
+    print(f"fuzz: {n_iter} mutations, {n_ok} parsed")
+
+
+def test_fuzz_in_subprocess(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, __file__, str(tmp_path), "1234", "400"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "fuzz: 400 mutations" in proc.stdout
+
+
+if __name__ == "__main__":
+    fuzz(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
