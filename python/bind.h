@@ -7,5 +7,6 @@ namespace tca {
 
 void bind_model(pybind11::module_ & m);
 
+void bind_gguf(pybind11::module_ & m);
 
 }  // namespace tca
