@@ -5,5 +5,6 @@
 
 namespace tca {
 
+void bind_tca(pybind11::module_ & m);  // bind_tca.cpp: TCA selection and calibration
 
 }  // namespace tca
