@@ -311,9 +311,7 @@ def retained(m: np.ndarray, S: np.ndarray) -> float:
     return float(np.sum(m[np.asarray(S, dtype=np.int64)]) / np.sum(m))
 
 
-def choose(
-    cands: np.ndarray, m: np.ndarray, s: np.ndarray, b: int, w: int, alpha: float, tau: float
-) -> int:
+def choose(cands: np.ndarray, m: np.ndarray, s: np.ndarray, b: int, w: int, alpha: float, tau: float) -> int:
     """Index of the chosen candidate for one (layer, KV head) with statistics m, s [L]."""
     L = len(s)
     L_g = global_len(L, b, w)
