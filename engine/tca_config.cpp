@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "common.h"
+#include "tca_select.h"
 
 namespace tca {
 
@@ -11,26 +12,6 @@ namespace {
 
 bool is_pow2(int64_t x) {
     return x > 0 && (x & (x - 1)) == 0;
-}
-
-int levels_of(int block) {
-    int n = 1;
-    while ((1 << (n - 1)) < block) {
-        ++n;
-    }
-    return n;
-}
-
-void check_geometry(const char * where, int block, int window, float alpha) {
-    if (!is_pow2(block) || block < 2 || block > 4096) {
-        fail("%s: block size %d must be a power of two in [2, 4096]", where, block);
-    }
-    if (window < block) {
-        fail("%s: local window %d must be at least the block size %d", where, window, block);
-    }
-    if (!(alpha >= 0.0f && alpha <= 1.0f)) {
-        fail("%s: alpha %g must lie in [0, 1]", where, double(alpha));
-    }
 }
 
 }  // namespace
@@ -43,16 +24,8 @@ float tca_density(const float * p, int n_levels) {
     return float(sum / double(1 << (n_levels - 1)));
 }
 
-int tca_decode_keep(const float * p, int n_levels) {
-    double sum = 0.0;
-    for (int k = 0; k < n_levels; ++k) {
-        sum += double(1 << k) * p[k];
-    }
-    return std::max(1, int(std::floor(sum + 1e-6)));
-}
-
 std::vector<float> tca_uniform_config(int block, float density) {
-    const int          n_levels = levels_of(block);
+    const int          n_levels = tca_n_levels(block);
     std::vector<float> p(size_t(n_levels), 0.0f);
     const double       keep = std::clamp(double(density) * block, 1.0, double(block));
     int                j    = 0;
@@ -92,7 +65,7 @@ bool tca_config_read(const gguf_file & f, int n_layer, int n_head_kv, tca_config
     if (!(cfg.alpha >= 0.0f && cfg.alpha <= 1.0f)) {
         fail("%s: metadata 'tca.alpha' = %g must lie in [0, 1]", path, double(cfg.alpha));
     }
-    cfg.n_levels          = levels_of(cfg.block);
+    cfg.n_levels          = tca_n_levels(cfg.block);
     const size_t n_rows   = size_t(n_layer) * n_head_kv;
     cfg.head_config       = f.get_arr_f32("tca.head_config");
     if (cfg.head_config.size() != n_rows * cfg.n_levels) {
@@ -100,18 +73,9 @@ bool tca_config_read(const gguf_file & f, int n_layer, int n_head_kv, tca_config
              cfg.head_config.size(), n_rows * cfg.n_levels);
     }
     for (size_t r = 0; r < n_rows; ++r) {
-        double sum = 0.0;
-        for (int k = 0; k < cfg.n_levels; ++k) {
-            const float v = cfg.head_config[r * cfg.n_levels + k];
-            if (!(v >= 0.0f && v <= 1.0f)) {
-                fail("%s: metadata 'tca.head_config' row %zu holds %g, outside [0, 1]", path, r, double(v));
-            }
-            sum += v;
-        }
-        if (std::fabs(sum - 1.0) > 1e-3) {
-            fail("%s: metadata 'tca.head_config' row %zu (layer %zu, KV head %zu) sums to %g, not 1", path, r,
-                 r / n_head_kv, r % n_head_kv, sum);
-        }
+        const std::string what = strfmt("%s: metadata 'tca.head_config' row %zu (layer %zu, KV head %zu)", path, r,
+                                        r / n_head_kv, r % n_head_kv);
+        tca_config_check(&cfg.head_config[r * cfg.n_levels], cfg.n_levels, cfg.block, what.c_str());
     }
     if (f.has("tca.head_density")) {
         const std::vector<float> density = f.get_arr_f32("tca.head_density");
@@ -141,10 +105,10 @@ tca_config tca_config_resolve(const tca_config * from_file, int n_layer, int n_h
     if (o.alpha >= 0.0f) {
         cfg.alpha = o.alpha;
     }
-    check_geometry("tca settings", cfg.block, cfg.window, cfg.alpha);
+    tca_params_check(cfg.block, cfg.window, cfg.alpha);
 
     const size_t n_rows   = size_t(n_layer) * n_head_kv;
-    const int    n_levels = levels_of(cfg.block);
+    const int    n_levels = tca_n_levels(cfg.block);
     if (o.density > 0.0f) {
         const std::vector<float> p = tca_uniform_config(cfg.block, o.density);
         cfg.head_config.clear();

@@ -22,7 +22,7 @@ void tca_plan_prefill(const tca_config & cfg, const float * p, const kv_head & h
     keep.changed        = false;
     const int64_t r0    = h.n_global;   // the uncompacted region [r0, h.n) is where selection happens
     const int64_t L     = h.n - r0;
-    const int64_t L_g   = L > cfg.window ? (L - cfg.window) / cfg.block * cfg.block : 0;
+    const int64_t L_g   = tca_global_len(L, cfg.block, cfg.window);
     if (L_g <= 0) {
         plan_dense(h, n_new, plan);  // spec 4.2: the region is no longer than w + b - 1: exactly dense
         return;
