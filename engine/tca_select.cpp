@@ -182,14 +182,6 @@ std::vector<int32_t> tca_select(const float * s, int64_t L, const float * p, int
     return G;
 }
 
-int tca_decode_keep(const float * p, int n_levels) {
-    double expected = 0.0;
-    for (int k = 0; k < n_levels; k++) {
-        expected += double(int64_t(1) << k) * double(p[k]);
-    }
-    return std::max(1, int(std::floor(expected)));
-}
-
 std::vector<int32_t> tca_pick_top(const float * probs, int n, int t) {
     if (n < 1 || t < 1 || t > n) {
         fail("tca: cannot keep the top %d of %d tokens", t, n);

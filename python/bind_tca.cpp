@@ -71,14 +71,6 @@ void bind_tca(py::module_ & m) {
         "s.");
 
     m.def(
-        "tca_decode_keep",
-        [](const f32_array & p) {
-            const float * pp = vec_f32(p, "configuration");
-            return tca_decode_keep(pp, int(p.size()));
-        },
-        py::arg("p"), "Tokens kept per compacted decode block: max(1, floor(sum_k k * p[k])).");
-
-    m.def(
         "tca_pick_top",
         [](const f32_array & probs, int t) {
             const float * pp = vec_f32(probs, "probs");

@@ -180,12 +180,15 @@ def kept_after_prefill(G: np.ndarray, L_g: int, L: int) -> np.ndarray:
 
 
 def decode_keep(p: np.ndarray) -> int:
-    """Tokens kept per compacted block during decode: t = max(1, floor(sum_k k * p[k]))."""
+    """Tokens kept per compacted block during decode: t = max(1, floor(sum_k k * p[k])).
+
+    As engine/tca_config.cpp, 1e-6 is added before flooring so that an expected count that is an integer
+    up to fp32 rounding (say 4.9999998) is not floored to one less."""
     p = np.asarray(p, dtype=np.float32).astype(np.float64)
     expected = 0.0
     for k, x in enumerate(p):  # sequential, as the C++ does
         expected += 2**k * float(x)
-    return max(1, math.floor(expected))
+    return max(1, math.floor(expected + 1e-6))
 
 
 class DecodeCache:
