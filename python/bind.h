@@ -5,5 +5,6 @@
 
 namespace tca {
 
+void bind_quants(pybind11::module_ & m);
 
 }  // namespace tca
