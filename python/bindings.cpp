@@ -22,4 +22,5 @@ PYBIND11_MODULE(_core, m) {
     tca::bind_model(m);
     tca::bind_gguf(m);
     tca::bind_tca(m);
+    tca::bind_quants(m);
 }
