@@ -6,5 +6,6 @@
 namespace tca {
 
 void bind_gguf(pybind11::module_ & m);
+void bind_vocab(pybind11::module_ & m);
 
 }  // namespace tca

@@ -20,4 +20,5 @@ PYBIND11_MODULE(_core, m) {
         }
     });
     tca::bind_gguf(m);
+    tca::bind_vocab(m);
 }
