@@ -23,4 +23,5 @@ PYBIND11_MODULE(_core, m) {
     tca::bind_gguf(m);
     tca::bind_tca(m);
     tca::bind_quants(m);
+    tca::bind_vocab(m);
 }
