@@ -262,6 +262,55 @@ void skip_array(gguf_cursor & c, gguf_kv & kv) {
     }
 }
 
+// Reads and checks the rest of a tensor info after its name: n_dims, ne[n_dims], type, offset. Sets
+// n_bytes; the data is placed once the data section's start is known.
+void read_tensor_info(gguf_cursor & c, uint32_t alignment, gguf_tensor & t) {
+    const uint32_t n_dims = c.read<uint32_t>("n_dims");
+    if (n_dims < 1 || n_dims > 4) {
+        c.fail_here(strfmt("n_dims %u is not between 1 and 4", n_dims));
+    }
+    t.n_dims = int(n_dims);
+    for (int d = 0; d < 4; ++d) {
+        t.ne[d] = 1;
+    }
+    for (int d = 0; d < t.n_dims; ++d) {
+        t.ne[d] = c.read<int64_t>("ne");
+        if (t.ne[d] < 0) {
+            c.fail_here(strfmt("ne[%d] = %" PRId64 " is negative", d, t.ne[d]));
+        }
+    }
+    const uint32_t type_id = c.read<uint32_t>("tensor type");
+    t.offset               = c.read<uint64_t>("tensor data offset");
+
+    const ggml_type_traits * tt = ggml_type_traits_get(type_id);
+    if (tt == nullptr) {
+        c.fail_here(strfmt("unknown tensor type id %u", type_id));
+    }
+    t.type = ggml_type(type_id);
+    if (t.ne[0] % tt->block_size != 0) {
+        c.fail_here(strfmt("ne[0] = %" PRId64 " is not a multiple of the block size %" PRId64 " of type %s",
+                           t.ne[0], tt->block_size, tt->name));
+    }
+    int64_t n_elements = 1;
+    for (int d = 0; d < 4; ++d) {
+        if (t.ne[d] != 0 && n_elements > std::numeric_limits<int64_t>::max() / t.ne[d]) {
+            c.fail_here(strfmt("element count overflows: ne = [%" PRId64 ", %" PRId64 ", %" PRId64
+                               ", %" PRId64 "]",
+                               t.ne[0], t.ne[1], t.ne[2], t.ne[3]));
+        }
+        n_elements *= t.ne[d];
+    }
+    const uint64_t n_blocks = uint64_t(n_elements / tt->block_size);
+    if (n_blocks > std::numeric_limits<uint64_t>::max() / tt->type_size) {
+        c.fail_here(strfmt("byte count overflows: %" PRIu64 " blocks of %zu bytes", n_blocks, tt->type_size));
+    }
+    t.n_bytes = n_blocks * tt->type_size;
+    if (t.offset % alignment != 0) {
+        c.fail_here(
+            strfmt("data offset %" PRIu64 " is not a multiple of the alignment %u", t.offset, alignment));
+    }
+}
+
 }  // namespace
 
 std::unique_ptr<gguf_file> gguf_file::open(const std::string & path) {
@@ -388,52 +437,7 @@ void gguf_file::parse() {
         if (tensor_index_.count(t.name) != 0) {
             c.fail_here("duplicate tensor name");
         }
-        const uint32_t n_dims = c.read<uint32_t>("n_dims");
-        if (n_dims < 1 || n_dims > 4) {
-            c.fail_here(strfmt("n_dims %u is not between 1 and 4", n_dims));
-        }
-        t.n_dims = int(n_dims);
-        for (int d = 0; d < 4; ++d) {
-            t.ne[d] = 1;
-        }
-        for (int d = 0; d < t.n_dims; ++d) {
-            t.ne[d] = c.read<int64_t>("ne");
-            if (t.ne[d] < 0) {
-                c.fail_here(strfmt("ne[%d] = %" PRId64 " is negative", d, t.ne[d]));
-            }
-        }
-        const uint32_t type_id = c.read<uint32_t>("tensor type");
-        t.offset               = c.read<uint64_t>("tensor data offset");
-
-        const ggml_type_traits * tt = ggml_type_traits_get(type_id);
-        if (tt == nullptr) {
-            c.fail_here(strfmt("unknown tensor type id %u", type_id));
-        }
-        t.type = ggml_type(type_id);
-        if (t.ne[0] % tt->block_size != 0) {
-            c.fail_here(strfmt("ne[0] = %" PRId64 " is not a multiple of the block size %" PRId64
-                               " of type %s",
-                               t.ne[0], tt->block_size, tt->name));
-        }
-        int64_t n_elements = 1;
-        for (int d = 0; d < 4; ++d) {
-            if (t.ne[d] != 0 && n_elements > std::numeric_limits<int64_t>::max() / t.ne[d]) {
-                c.fail_here(strfmt("element count overflows: ne = [%" PRId64 ", %" PRId64 ", %" PRId64
-                                   ", %" PRId64 "]",
-                                   t.ne[0], t.ne[1], t.ne[2], t.ne[3]));
-            }
-            n_elements *= t.ne[d];
-        }
-        const uint64_t n_blocks = uint64_t(n_elements / tt->block_size);
-        if (n_blocks > std::numeric_limits<uint64_t>::max() / tt->type_size) {
-            c.fail_here(
-                strfmt("byte count overflows: %" PRIu64 " blocks of %zu bytes", n_blocks, tt->type_size));
-        }
-        t.n_bytes = n_blocks * tt->type_size;
-        if (t.offset % alignment_ != 0) {
-            c.fail_here(strfmt("data offset %" PRIu64 " is not a multiple of the alignment %u", t.offset,
-                               alignment_));
-        }
+        read_tensor_info(c, alignment_, t);
         tensor_index_.emplace(t.name, tensors_.size());
         tensors_.push_back(std::move(t));
     }

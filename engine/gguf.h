@@ -1,5 +1,13 @@
 // GGUF reader: memory-maps a model file read-only and validates every count, length, type and offset
 // of its header before anything is trusted or allocated. Versions 2 and 3, little-endian.
+//
+// Checked on open (a failure throws tca::error "<path>: <key or tensor>: <problem>"): the magic and
+// version; the header's counts against the bytes that follow; every string and array inside the file;
+// value types known, arrays not nested, BOOL bytes 0 or 1; no duplicate keys or tensor names;
+// general.alignment a UINT32 power of two (default 32); per tensor: 1 <= n_dims <= 4, every ne >= 0
+// (0 gives an empty tensor), a known ggml type with ne[0] a multiple of its block size, element and
+// byte counts without overflow, the offset aligned and the data inside the file.
+// The file must not be truncated on disk while open: reading the lost pages would raise SIGBUS.
 #pragma once
 
 #include <cstddef>
@@ -87,7 +95,7 @@ class gguf_file {
     uint64_t arr_len(const std::string & key) const;
 
     // Typed getters throw a tca::error naming the key when it is missing or of another type.
-    // get_u32 accepts any integer type whose value fits; get_i64 likewise; get_f32 accepts
+    // get_u32 and get_i64 accept any integer type whose value fits (not BOOL); get_f32 accepts
     // FLOAT32/FLOAT64.
     uint32_t get_u32(const std::string & key) const;
     int64_t get_i64(const std::string & key) const;
