@@ -239,6 +239,7 @@ def test_crafted_alignment_and_empty_tensor(tmp_path):
 
 # --- hostile inputs ------------------------------------------------------------------------------------
 
+
 def header(n_tensors: int, n_kv: int, version: int = 3) -> bytes:
     return b"GGUF" + u32(version) + u64(n_tensors) + u64(n_kv)
 
@@ -395,6 +396,25 @@ def test_missing_padding_before_data(tmp_path):
     expect_error(
         tmp_path, unpadded, f"data section would start at offset {len(data)}, past the end of the file"
     )
+
+
+def test_names_that_are_not_utf8(tmp_path):
+    """Keys and names are bytes: Python sees them surrogate-escaped, messages show them as \\xNN."""
+    bad = b"k\xff\x01"
+    f = GGUFFile(write(tmp_path, craft([kv(bad, VT.UINT8, 7), kv("s", VT.STRING, b"v\xfe")])))
+    key = bad.decode("utf-8", "surrogateescape")
+    assert f.keys() == [key, "s"] and f.metadata[key] == 7 and f.get_u32(key) == 7
+    assert f.get_str("s") == "v\udcfe"
+    with pytest.raises(TcaError, match=re.escape("key 'k\\xff\\x01' is UINT8, expected STRING")):
+        f.get_str(key)
+    expect_error(
+        tmp_path, craft([kv(bad, VT.UINT8, 1), kv(bad, VT.UINT8, 2)]), r"key 'k\\xff\\x01': duplicate"
+    )
+    long_name = "n" * 1000
+    msg = expect_error(
+        tmp_path, craft([], [Tensor(long_name, [4], 0, offset=64)]), r"\.\.\.\(1000 bytes\)': data"
+    )
+    assert len(msg) < 400
 
 
 def test_smollm2_truncated_header(tmp_path, smollm2_path):
