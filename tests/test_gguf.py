@@ -129,7 +129,7 @@ def test_smollm2_typed_getters(smollm2):
     assert f.value_to_string("llama.rope.freq_base") == "100000.000000"
     assert f.value_to_string("tokenizer.ggml.tokens") == "[49152 x STRING]"
     assert f.value_to_string("general.languages", 4) == '["en"]'
-    path = str(f.path)
+    path = f.path
     with pytest.raises(
         TcaError, match=re.escape(f"{path}: key 'tokenizer.ggml.token_type' is ARRAY of INT32")
     ):
