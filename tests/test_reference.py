@@ -91,6 +91,23 @@ def test_causal(tmp_path):
     np.testing.assert_allclose(model.forward(tokens[:9]), model.forward(tokens)[:9], rtol=1e-6, atol=1e-6)
 
 
+def test_attention_hook(tmp_path):
+    """A hook that records and returns dense attention changes nothing; one that drops the
+    attention output changes the logits."""
+    model = reference.load_model(write_random_model(tmp_path / "m.gguf", n_layer=3, seed=5))
+    tokens = list(np.random.default_rng(6).integers(0, 320, 11))
+    seen = []
+
+    def dense(il, q, k, v):
+        seen.append((il, q.shape, k.shape))
+        return reference.attention(q, k, v)
+
+    np.testing.assert_array_equal(model.forward(tokens, dense), model.forward(tokens))
+    assert seen == [(il, (11, 4, 24), (11, 2, 24)) for il in range(3)]
+    dropped = model.forward(tokens, lambda il, q, k, v: np.zeros((len(q), q.shape[1] * q.shape[2])))
+    assert not np.allclose(dropped, model.forward(tokens), atol=1e-3)
+
+
 def rope_hparams(style, head_dim, n_rot=None):
     return reference.HParams(
         arch="test", n_vocab=1, n_ctx_train=1, n_embd=head_dim, n_ff=1, n_layer=1, n_head=1, n_head_kv=1,
