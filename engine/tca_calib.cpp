@@ -91,27 +91,31 @@ static void check_finite(const float * x, int64_t n, const char * what) {
 }
 
 void tca_calib_layer(const float * Q, const float * K, int64_t L, int n_head, int n_head_kv, int head_dim,
-                     float * m, float * s) {
+                     float * m, float * s, thread_pool & pool) {
     if (L < 1 || head_dim < 1 || n_head_kv < 1 || n_head < n_head_kv || n_head % n_head_kv != 0) {
         fail("tca-calibrate: bad attention shape: L = %lld, n_head = %d, n_head_kv = %d, head_dim = %d",
              (long long)L, n_head, n_head_kv, head_dim);
     }
     check_finite(Q, L * n_head * head_dim, "Q");
     check_finite(K, L * n_head_kv * head_dim, "K");
-    const int n_group = n_head / n_head_kv;
-    std::vector<double> col_mean(static_cast<size_t>(L)), last(static_cast<size_t>(L));
-    std::vector<double> m_sum(size_t(n_head_kv * L), 0.0), s_sum(size_t(n_head_kv * L), 0.0);
-    for (int h = 0; h < n_head; h++) {
-        tca_calib_head(Q, K, L, n_head, n_head_kv, head_dim, h, col_mean.data(), last.data());
-        const int64_t off = int64_t(h / n_group) * L;
-        for (int64_t k = 0; k < L; k++) {
-            m_sum[off + k] += col_mean[k];
-            s_sum[off + k] += last[k];
+    // per query head: col_mean [n_head, L] and last [n_head, L]
+    std::vector<double> col_mean(size_t(n_head * L)), last(size_t(n_head * L));
+    pool.parallel_for(n_head, [&](int64_t h0, int64_t h1, int) {
+        for (int64_t h = h0; h < h1; h++) {
+            tca_calib_head(Q, K, L, n_head, n_head_kv, head_dim, int(h), &col_mean[h * L], &last[h * L]);
         }
-    }
-    for (int64_t i = 0; i < n_head_kv * L; i++) {
-        m[i] = float(m_sum[i] / n_group);
-        s[i] = float(s_sum[i] / n_group);
+    });
+    const int n_group = n_head / n_head_kv;
+    for (int kv = 0; kv < n_head_kv; kv++) {
+        for (int64_t k = 0; k < L; k++) {
+            double m_sum = 0.0, s_sum = 0.0;
+            for (int g = 0; g < n_group; g++) {
+                m_sum += col_mean[(kv * n_group + g) * L + k];
+                s_sum += last[(kv * n_group + g) * L + k];
+            }
+            m[kv * L + k] = float(m_sum / n_group);
+            s[kv * L + k] = float(s_sum / n_group);
+        }
     }
 }
 

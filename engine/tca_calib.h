@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "thread_pool.h"
+
 namespace tca {
 
 // One query head h of a layer. Q [L, n_head, head_dim], K [L, n_head_kv, head_dim]: fp32, post-RoPE;
@@ -16,9 +18,9 @@ void tca_calib_head(const float * Q, const float * K, int64_t L, int n_head, int
                     int h, double * col_mean, double * last);
 
 // All heads of a layer, group means per KV head: m [n_head_kv, L] and s [n_head_kv, L].
-// Throws tca::error on bad shapes or non-finite inputs. Single-threaded; independent layers may run
-// concurrently (no shared state).
+// The query heads are spread over the pool; the group means are summed in head order, so the result
+// does not depend on the number of threads. Throws tca::error on bad shapes or non-finite inputs.
 void tca_calib_layer(const float * Q, const float * K, int64_t L, int n_head, int n_head_kv, int head_dim,
-                     float * m, float * s);
+                     float * m, float * s, thread_pool & pool);
 
 }  // namespace tca

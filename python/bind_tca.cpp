@@ -107,7 +107,7 @@ void bind_tca(py::module_ & m) {
 
     m.def(
         "tca_calib_layer",
-        [](const f32_array & Q, const f32_array & K) {
+        [](const f32_array & Q, const f32_array & K, int n_threads) {
             if (Q.ndim() != 3 || K.ndim() != 3 || Q.shape(0) != K.shape(0) || Q.shape(2) != K.shape(2)) {
                 fail("tca-calibrate: Q and K must be [L, n_head, head_dim] and [L, n_head_kv, head_dim]");
             }
@@ -116,14 +116,16 @@ void bind_tca(py::module_ & m) {
             float * pm = m.mutable_data();
             float * ps = s.mutable_data();
             {
-                py::gil_scoped_release release;  // layers may be processed from several Python threads
+                py::gil_scoped_release release;
+                thread_pool pool(n_threads);
                 tca_calib_layer(Q.data(), K.data(), L, int(Q.shape(1)), int(n_head_kv), int(Q.shape(2)), pm,
-                                ps);
+                                ps, pool);
             }
             return py::make_tuple(m, s);
         },
-        py::arg("Q"), py::arg("K"),
-        "Calibration statistics of one layer from fp32 Q [L, n_head, d] and K [L, n_head_kv, d]: "
+        py::arg("Q"), py::arg("K"), py::arg("n_threads") = 1,
+        "Calibration statistics of one layer from fp32 Q [L, n_head, d] and K [L, n_head_kv, d], the query "
+        "heads spread over n_threads threads: "
         "(column means m [n_head_kv, L], last query's scores s [n_head_kv, L]), float32.");
 }
 

@@ -162,6 +162,8 @@ def test_cpp_calibration_statistics_equal_reference(L, n_head, n_head_kv, d):
     K = rng.normal(0, 2, (L, n_head_kv, d)).astype(np.float32)
     m, s = _core.tca_calib_layer(Q, K)
     assert m.shape == s.shape == (n_head_kv, L) and m.dtype == s.dtype == np.float32
+    m3, s3 = _core.tca_calib_layer(Q, K, n_threads=3)
+    assert np.array_equal(m, m3) and np.array_equal(s, s3)  # independent of the thread count
     assert np.all(np.isfinite(m)) and np.all(np.isfinite(s))
     np.testing.assert_allclose(m, ref.column_means(Q, K, chunk=37), rtol=2e-5)
     np.testing.assert_allclose(s, ref.last_scores(Q, K), rtol=2e-5, atol=1e-8)
@@ -195,6 +197,8 @@ def test_cpp_calibration_rejects_bad_input():
         _core.tca_calib_layer(Q, np.ones((10, 3, 8), dtype=np.float32))
     with pytest.raises(TcaError, match="must be"):
         _core.tca_calib_layer(Q, np.ones((10, 2, 4), dtype=np.float32))
+    with pytest.raises(TcaError, match="n_threads"):
+        _core.tca_calib_layer(Q, np.ones((10, 2, 8), dtype=np.float32), n_threads=0)
     bad = Q.copy()
     bad[3, 1, 2] = np.inf
     with pytest.raises(TcaError, match="Q has a non-finite"):
