@@ -5,6 +5,9 @@
 // halves, so 256-bit vectors lose nothing there and keep the AVX2 fallback the same code.
 #include "quants_dot.h"
 
+#include <cstring>
+#include <type_traits>
+
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 
@@ -60,73 +63,116 @@ inline uint32_t load_u32(const uint8_t * p) {
     return v;
 }
 
-// Types whose 32-blocks have codes u and x = d * (u - offset) (+ m when has_min).
-template <typename block, bool has_min, bool has_qh, int offset>
+// Lane j of the result = sum of the 8 lanes of p[j]: the integer dot products of 8 activation blocks,
+// reduced together so that one conversion and one FMA apply their 8 scales.
+inline __m256i sum_lanes8(const __m256i p[8]) {
+    const __m256i s01 = _mm256_hadd_epi32(p[0], p[1]);
+    const __m256i s23 = _mm256_hadd_epi32(p[2], p[3]);
+    const __m256i s45 = _mm256_hadd_epi32(p[4], p[5]);
+    const __m256i s67 = _mm256_hadd_epi32(p[6], p[7]);
+    // lanes: p0..p3 summed over their low 128 bits, then over their high 128 bits; same for p4..p7
+    const __m256i lo = _mm256_hadd_epi32(s01, s23);
+    const __m256i hi = _mm256_hadd_epi32(s45, s67);
+    return _mm256_add_epi32(_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31));
+}
+
+// Integer dot product of one 32-block's codes with an activation block, in 8 int32 lanes: the codes
+// u are unsigned (the offset or minimum is applied through the activation sums s), except for Q8_0.
+inline __m256i block_dot(const block_q4_0 & b, __m256i xv) { return dot_u8s8(unpack_nibbles(b.qs), xv); }
+inline __m256i block_dot(const block_q4_1 & b, __m256i xv) { return dot_u8s8(unpack_nibbles(b.qs), xv); }
+inline __m256i block_dot(const block_q5_0 & b, __m256i xv) {
+    return dot_u8s8(_mm256_or_si256(unpack_nibbles(b.qs), bit4_from_mask(load_u32(b.qh))), xv);
+}
+inline __m256i block_dot(const block_q5_1 & b, __m256i xv) {
+    return dot_u8s8(_mm256_or_si256(unpack_nibbles(b.qs), bit4_from_mask(load_u32(b.qh))), xv);
+}
+inline __m256i block_dot(const block_q8_0 & b, __m256i xv) {
+    const __m256i q = _mm256_loadu_si256((const __m256i *) b.qs);
+    // |q| as unsigned, the sign moved onto x: |q| <= 128, |x| <= 127
+    return dot_u8s8(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xv, q));
+}
+
+template <typename block>
+float block_min(const block & b) {
+    if constexpr (std::is_same_v<block, block_q4_1> || std::is_same_v<block, block_q5_1>) {
+        return fp16_to_fp32(b.m);
+    } else {
+        return 0.0f;
+    }
+}
+
+// The 32-block types: x = d (u - offset), or d u + m when has_min. Groups of 8 blocks share one
+// conversion and FMA of their 8 scale products; a block's offset or minimum meets the activation sum s.
+template <typename block, bool has_min, int offset>
 float dot_q32(int64_t n, const void * w, const q8_act_row & x) {
-    const block * b    = static_cast<const block *>(w);
-    __m256        acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    float         corr = 0.0f;  // sum over blocks of m s (has_min) or d s (offset)
-    const int64_t nb   = n / 32;
-    for (int64_t i = 0; i < nb; ++i) {
-        __m256i u = unpack_nibbles(b[i].qs);
-        if constexpr (has_qh) {
-            u = _mm256_or_si256(u, bit4_from_mask(load_u32(b[i].qh)));
+    const block * b      = static_cast<const block *>(w);
+    const int64_t nb     = n / 32;
+    __m256        acc    = _mm256_setzero_ps();
+    __m256        acc_s  = _mm256_setzero_ps();  // sum of m s (has_min) or d s (offset)
+    int64_t       i      = 0;
+    for (; i + 8 <= nb; i += 8) {
+        __m256i p[8];
+        for (int j = 0; j < 8; ++j) {
+            p[j] = block_dot(b[i + j], load_x(x, i + j));
         }
-        const float  d = fp16_to_fp32(b[i].d);
-        const __m256 p = _mm256_cvtepi32_ps(dot_u8s8(u, load_x(x, i)));
-        if (i % 2 == 0) {
-            acc0 = _mm256_fmadd_ps(p, _mm256_set1_ps(d * x.d[i]), acc0);
-        } else {
-            acc1 = _mm256_fmadd_ps(p, _mm256_set1_ps(d * x.d[i]), acc1);
-        }
+        const __m256 d = _mm256_cvtph_ps(_mm_setr_epi16(b[i].d, b[i + 1].d, b[i + 2].d, b[i + 3].d, b[i + 4].d,
+                                                        b[i + 5].d, b[i + 6].d, b[i + 7].d));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum_lanes8(p)), _mm256_mul_ps(d, _mm256_loadu_ps(x.d + i)), acc);
         if constexpr (has_min) {
-            corr += fp16_to_fp32(b[i].m) * x.s[i];
-        } else {
-            corr += d * x.s[i];
+            const __m256 m = _mm256_cvtph_ps(_mm_setr_epi16(b[i].m, b[i + 1].m, b[i + 2].m, b[i + 3].m, b[i + 4].m,
+                                                            b[i + 5].m, b[i + 6].m, b[i + 7].m));
+            acc_s = _mm256_fmadd_ps(m, _mm256_loadu_ps(x.s + i), acc_s);
+        } else if constexpr (offset != 0) {
+            acc_s = _mm256_fmadd_ps(d, _mm256_loadu_ps(x.s + i), acc_s);
         }
     }
-    const float y = hsum(_mm256_add_ps(acc0, acc1));
-    return has_min ? y + corr : y - float(offset) * corr;
-}
-
-float dot_q8_0(int64_t n, const void * w, const q8_act_row & x) {
-    const block_q8_0 * b    = static_cast<const block_q8_0 *>(w);
-    __m256             acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    const int64_t      nb   = n / 32;
-    for (int64_t i = 0; i < nb; ++i) {
-        const __m256i q = _mm256_loadu_si256((const __m256i *) b[i].qs);
-        // |q| as unsigned, the sign moved onto x: |q| <= 128, |x| <= 127
-        const __m256i s = dot_u8s8(_mm256_sign_epi8(q, q), _mm256_sign_epi8(load_x(x, i), q));
-        const __m256  p = _mm256_cvtepi32_ps(s);
-        const __m256  f = _mm256_set1_ps(fp16_to_fp32(b[i].d) * x.d[i]);
-        if (i % 2 == 0) {
-            acc0 = _mm256_fmadd_ps(p, f, acc0);
-        } else {
-            acc1 = _mm256_fmadd_ps(p, f, acc1);
-        }
+    float y = 0.0f, ys = 0.0f;
+    for (; i < nb; ++i) {
+        const __m256i p = block_dot(b[i], load_x(x, i));
+        const float   d = fp16_to_fp32(b[i].d);
+        y              += d * x.d[i] * hsum(_mm256_cvtepi32_ps(p));
+        ys             += (has_min ? block_min(b[i]) : d) * x.s[i];
     }
-    return hsum(_mm256_add_ps(acc0, acc1));
+    y  += hsum(acc);
+    ys += hsum(acc_s);
+    return has_min ? y + ys : y - float(offset) * ys;
 }
 
-// Q4_K / Q5_K: per sub-block j, d sc_j dx_j sum(u x) - dmin m_j s_j.
+// The 6-bit scales (sc) and minimums (m) of the 8 sub-blocks of a Q4_K / Q5_K block, as bytes.
+inline void unpack_scales_k4(const uint8_t * scales, uint8_t sc[8], uint8_t m[8]) {
+    uint32_t u[3];
+    std::memcpy(u, scales, 12);
+    const uint32_t v[4] = {
+        u[0] & 0x3f3f3f3f,
+        (u[2] & 0x0f0f0f0f) | ((u[0] >> 2) & 0x30303030),
+        u[1] & 0x3f3f3f3f,
+        ((u[2] >> 4) & 0x0f0f0f0f) | ((u[1] >> 2) & 0x30303030),
+    };
+    std::memcpy(sc, v, 8);
+    std::memcpy(m, v + 2, 8);
+}
+
+inline __m256 u8x8_to_ps(const uint8_t * p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *) p)));
+}
+
+// Q4_K / Q5_K: sum over sub-blocks j of d sc_j dx_j sum(u x) - dmin m_j s_j; sub-block j of a block
+// lines up with activation block 8 i + j.
 template <typename block, bool has_qh>
 float dot_q45_K(int64_t n, const void * w, const q8_act_row & x) {
-    const block * b    = static_cast<const block *>(w);
-    __m256        acc  = _mm256_setzero_ps();
-    float         mins = 0.0f;
-    const __m256i m4   = _mm256_set1_epi8(0xF);
+    const block * b     = static_cast<const block *>(w);
+    __m256        acc   = _mm256_setzero_ps();
+    __m256        acc_m = _mm256_setzero_ps();
+    const __m256i m4    = _mm256_set1_epi8(0xF);
     for (int64_t i = 0; i < n / QK_K; ++i) {
-        const float d    = fp16_to_fp32(b[i].d);
-        const float dmin = fp16_to_fp32(b[i].dmin);
-        uint8_t     sc[8], m[8];
-        for (int j = 0; j < 8; ++j) {
-            q4_K_scale_min(j, b[i].scales, sc[j], m[j]);
-        }
+        const int64_t xb = i * 8;
+        uint8_t       sc[8], m[8];
+        unpack_scales_k4(b[i].scales, sc, m);
         __m256i hbits;
         if constexpr (has_qh) {
             hbits = _mm256_loadu_si256((const __m256i *) b[i].qh);
         }
-        const int64_t xb = i * 8;
+        __m256i p[8];
         for (int k = 0; k < 4; ++k) {
             const __m256i raw = _mm256_loadu_si256((const __m256i *) (b[i].qs + 32 * k));
             __m256i       u0  = _mm256_and_si256(raw, m4);
@@ -139,28 +185,32 @@ float dot_q45_K(int64_t n, const void * w, const q8_act_row & x) {
                 u0 = _mm256_or_si256(u0, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, h0), h0), b4));
                 u1 = _mm256_or_si256(u1, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, h1), h1), b4));
             }
-            const __m256 p0 = _mm256_cvtepi32_ps(dot_u8s8(u0, load_x(x, xb + 2 * k)));
-            const __m256 p1 = _mm256_cvtepi32_ps(dot_u8s8(u1, load_x(x, xb + 2 * k + 1)));
-            acc = _mm256_fmadd_ps(p0, _mm256_set1_ps(d * float(sc[2 * k]) * x.d[xb + 2 * k]), acc);
-            acc = _mm256_fmadd_ps(p1, _mm256_set1_ps(d * float(sc[2 * k + 1]) * x.d[xb + 2 * k + 1]), acc);
+            p[2 * k]     = dot_u8s8(u0, load_x(x, xb + 2 * k));
+            p[2 * k + 1] = dot_u8s8(u1, load_x(x, xb + 2 * k + 1));
         }
-        float ms = 0.0f;
-        for (int j = 0; j < 8; ++j) {
-            ms += float(m[j]) * x.s[xb + j];
-        }
-        mins += dmin * ms;
+        const __m256 d  = _mm256_set1_ps(fp16_to_fp32(b[i].d));
+        const __m256 ds = _mm256_mul_ps(_mm256_mul_ps(d, u8x8_to_ps(sc)), _mm256_loadu_ps(x.d + xb));
+        acc             = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum_lanes8(p)), ds, acc);
+        const __m256 dm = _mm256_mul_ps(_mm256_set1_ps(fp16_to_fp32(b[i].dmin)), u8x8_to_ps(m));
+        acc_m           = _mm256_fmadd_ps(dm, _mm256_loadu_ps(x.s + xb), acc_m);
     }
-    return hsum(acc) - mins;
+    return hsum(_mm256_sub_ps(acc, acc_m));
 }
 
+// Q6_K: per activation block of 32, two sub-blocks of 16 with their own int8 scales. maddubs gives
+// int16 pair sums (|.| <= 63 * 127 * 2), minus those of 32 x for the code offset, then madd with the
+// scales (lanes 0-7 cover the first 16 elements) gives 8 int32 lanes per activation block.
 float dot_q6_K(int64_t n, const void * w, const q8_act_row & x) {
     const block_q6_K * b   = static_cast<const block_q6_K *>(w);
     __m256             acc = _mm256_setzero_ps();
     const __m256i      m4  = _mm256_set1_epi8(0xF);
     const __m256i      c30 = _mm256_set1_epi8(0x30);
     const __m256i      c32 = _mm256_set1_epi8(32);
+    const __m128i      pat = _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     for (int64_t i = 0; i < n / QK_K; ++i) {
-        const float d = fp16_to_fp32(b[i].d);
+        const int64_t xb = i * 8;
+        const __m128i sc = _mm_loadu_si128((const __m128i *) b[i].scales);
+        __m256i       p[8];
         for (int h = 0; h < 2; ++h) {
             const __m256i ql0 = _mm256_loadu_si256((const __m256i *) (b[i].ql + 64 * h));
             const __m256i ql1 = _mm256_loadu_si256((const __m256i *) (b[i].ql + 64 * h + 32));
@@ -174,17 +224,15 @@ float dot_q6_K(int64_t n, const void * w, const q8_act_row & x) {
                                 _mm256_and_si256(_mm256_srli_epi16(qh, 2), c30)),
             };
             for (int k = 0; k < 4; ++k) {
-                const int64_t xb = i * 8 + 4 * h + k;
-                const __m256i xv = load_x(x, xb);
-                // lanes 0-3 cover the first 16 elements (scale j), lanes 4-7 the next 16 (scale j + 1)
-                const __m256i s  = _mm256_sub_epi32(dot_u8s8(u[k], xv), dot_u8s8(c32, xv));
-                const int     j  = 8 * h + 2 * k;
-                const __m256  f  = _mm256_mul_ps(
-                    _mm256_set_m128(_mm_set1_ps(float(b[i].scales[j + 1])), _mm_set1_ps(float(b[i].scales[j]))),
-                    _mm256_set1_ps(d * x.d[xb]));
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), f, acc);
+                const int     j   = 8 * h + 2 * k;  // scales j, j + 1
+                const __m256i xv  = load_x(x, xb + 4 * h + k);
+                const __m256i s16 = _mm256_sub_epi16(_mm256_maddubs_epi16(u[k], xv), _mm256_maddubs_epi16(c32, xv));
+                const __m256i scv = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc, _mm_add_epi8(pat, _mm_set1_epi8(char(j)))));
+                p[4 * h + k]      = _mm256_madd_epi16(s16, scv);
             }
         }
+        const __m256 ds = _mm256_mul_ps(_mm256_set1_ps(fp16_to_fp32(b[i].d)), _mm256_loadu_ps(x.d + xb));
+        acc             = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum_lanes8(p)), ds, acc);
     }
     return hsum(acc);
 }
@@ -238,11 +286,11 @@ float dot_float(int64_t n, const void * w, const float * x) {
 
 vec_dot_q8_fn vec_dot_q8_simd(ggml_type type) {
     switch (type) {
-        case ggml_type::Q4_0: return dot_q32<block_q4_0, false, false, 8>;
-        case ggml_type::Q4_1: return dot_q32<block_q4_1, true, false, 0>;
-        case ggml_type::Q5_0: return dot_q32<block_q5_0, false, true, 16>;
-        case ggml_type::Q5_1: return dot_q32<block_q5_1, true, true, 0>;
-        case ggml_type::Q8_0: return dot_q8_0;
+        case ggml_type::Q4_0: return dot_q32<block_q4_0, false, 8>;
+        case ggml_type::Q4_1: return dot_q32<block_q4_1, true, 0>;
+        case ggml_type::Q5_0: return dot_q32<block_q5_0, false, 16>;
+        case ggml_type::Q5_1: return dot_q32<block_q5_1, true, 0>;
+        case ggml_type::Q8_0: return dot_q32<block_q8_0, false, 0>;
         case ggml_type::Q4_K: return dot_q45_K<block_q4_K, false>;
         case ggml_type::Q5_K: return dot_q45_K<block_q5_K, true>;
         case ggml_type::Q6_K: return dot_q6_K;

@@ -1,6 +1,7 @@
 // Test and benchmark bindings of the weight formats and matrix products: dequantize, matmul, get_rows
 // on raw ggml bytes held in NumPy arrays.
 #include <pybind11/numpy.h>
+#include <pybind11/stl.h>
 
 #include <chrono>
 #include <memory>

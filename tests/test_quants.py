@@ -144,6 +144,19 @@ def test_matmul_scalar_kernels(qtype, n_tok):
     check_matmul(qtype, n_tok, n_in, 13, 2, True, 7 * n_tok + int(qtype))
 
 
+@pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
+def test_simd_kernels_match_scalar(qtype):
+    """Both paths quantize the activations identically, so only the fp32 summation order differs."""
+    rng = np.random.default_rng(17 + int(qtype))
+    n_in = 2304 if block_geometry(qtype)[0] == 256 else 800
+    raw = random_weight(qtype, 29, n_in, rng)
+    x = rng.standard_normal((2, n_in)).astype(np.float32)
+    y_best = _core.matmul(int(qtype), raw, n_in, 29, x, 2).astype(np.float64)
+    y_scalar = _core.matmul(int(qtype), raw, n_in, 29, x, 2, True).astype(np.float64)
+    w = reference_dequantize(qtype, raw, 29, n_in).astype(np.float64)
+    assert (np.abs(y_best - y_scalar) <= error_bound(w, x.astype(np.float64), False)).all()
+
+
 @pytest.mark.parametrize("qtype", [T.Q4_1, T.Q6_K, T.F16], ids=lambda t: t.name)
 def test_matmul_same_for_any_thread_count(qtype):
     rng = np.random.default_rng(5)
