@@ -73,6 +73,9 @@ inline void q4_K_scale_min(int j, const uint8_t * scales, uint8_t & sc, uint8_t 
 // cannot compute with.
 void dequantize_row(ggml_type type, const void * src, float * dst, int64_t n);
 
+// The same with the portable scalar loops only (the reference for the SIMD ones).
+void dequantize_row_scalar(ggml_type type, const void * src, float * dst, int64_t n);
+
 // Bytes of a row of n elements (n a multiple of the block size).
 size_t row_size(ggml_type type, int64_t n);
 

@@ -3,6 +3,7 @@
 #include "common.h"
 #include "fp16.h"
 #include "quants.h"
+#include "quants_simd.h"
 
 namespace tca {
 
@@ -142,12 +143,28 @@ size_t row_size(ggml_type type, int64_t n) {
     return size_t(n / t.block_size) * t.type_size;
 }
 
-void dequantize_row(ggml_type type, const void * src, float * dst, int64_t n) {
+namespace {
+
+void check_row_length(ggml_type type, int64_t n) {
     const ggml_type_traits & t = ggml_traits(type);
     if (n % t.block_size != 0) {
-        fail("dequantize_row: %lld elements is not a multiple of the %s block size %lld", (long long) n,
-             t.name, (long long) t.block_size);
+        fail("dequantize_row: %lld elements is not a multiple of the %s block size %lld", (long long) n, t.name,
+             (long long) t.block_size);
     }
+}
+
+}  // namespace
+
+void dequantize_row(ggml_type type, const void * src, float * dst, int64_t n) {
+    check_row_length(type, n);
+    if (!dequantize_row_simd(type, src, dst, n)) {
+        dequantize_row_scalar(type, src, dst, n);
+    }
+}
+
+void dequantize_row_scalar(ggml_type type, const void * src, float * dst, int64_t n) {
+    check_row_length(type, n);
+    const ggml_type_traits & t  = ggml_traits(type);
     const int64_t nb = n / t.block_size;
     switch (type) {
         case ggml_type::F32:

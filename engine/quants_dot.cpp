@@ -6,7 +6,7 @@
 #include "common.h"
 #include "fp16.h"
 #include "quants.h"
-#include "quants_dot.h"
+#include "quants_simd.h"
 
 namespace tca {
 

@@ -3,7 +3,7 @@
 // its codes to 32 bytes, take the u8 x s8 dot product with the activation block into 8 int32 lanes,
 // convert and accumulate with the block's scale product. Zen 4 runs 512-bit integer ops as two 256-bit
 // halves, so 256-bit vectors lose nothing there and keep the AVX2 fallback the same code.
-#include "quants_dot.h"
+#include "quants_simd.h"
 
 #include <cstring>
 #include <type_traits>
@@ -16,52 +16,6 @@
 namespace tca {
 
 namespace {
-
-// 8 int32 lanes: lane k = sum_{j < 4} u[4k + j] * s[4k + j], u unsigned and s signed bytes.
-// maddubs saturates its int16 pair sums, safe while u <= 128 and |s| <= 127.
-inline __m256i dot_u8s8(__m256i u, __m256i s) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
-#else
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
-#endif
-}
-
-inline float hsum(__m256 v) {
-    __m128 r = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    r        = _mm_add_ps(r, _mm_movehl_ps(r, r));
-    r        = _mm_add_ss(r, _mm_movehdup_ps(r));
-    return _mm_cvtss_f32(r);
-}
-
-// 32 nibble codes of a 32-block in element order: low nibbles of the 16 bytes, then the high ones.
-inline __m256i unpack_nibbles(const uint8_t * qs) {
-    const __m128i raw = _mm_loadu_si128((const __m128i *) qs);
-    const __m256i v   = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
-    return _mm256_and_si256(v, _mm256_set1_epi8(0xF));
-}
-
-// Byte j = 0x10 where bit j of bits is set, else 0.
-inline __m256i bit4_from_mask(uint32_t bits) {
-#if defined(__AVX512BW__) && defined(__AVX512VL__)
-    return _mm256_maskz_mov_epi8(bits, _mm256_set1_epi8(0x10));
-#else
-    const __m256i shuf = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2,
-                                          2, 3, 3, 3, 3, 3, 3, 3, 3);
-    const __m256i bit  = _mm256_set1_epi64x(0x8040201008040201LL);
-    __m256i       v    = _mm256_shuffle_epi8(_mm256_set1_epi32(int(bits)), shuf);
-    v                  = _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
-    return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
-#endif
-}
-
-inline __m256i load_x(const q8_act_row & x, int64_t b) { return _mm256_loadu_si256((const __m256i *) (x.qs + b * 32)); }
-
-inline uint32_t load_u32(const uint8_t * p) {
-    uint32_t v;
-    std::memcpy(&v, p, 4);
-    return v;
-}
 
 // Lane j of the result = sum of the 8 lanes of p[j]: the integer dot products of 8 activation blocks,
 // reduced together so that one conversion and one FMA apply their 8 scales.
@@ -138,20 +92,6 @@ float dot_q32(int64_t n, const void * w, const q8_act_row & x) {
     return has_min ? y + ys : y - float(offset) * ys;
 }
 
-// The 6-bit scales (sc) and minimums (m) of the 8 sub-blocks of a Q4_K / Q5_K block, as bytes.
-inline void unpack_scales_k4(const uint8_t * scales, uint8_t sc[8], uint8_t m[8]) {
-    uint32_t u[3];
-    std::memcpy(u, scales, 12);
-    const uint32_t v[4] = {
-        u[0] & 0x3f3f3f3f,
-        (u[2] & 0x0f0f0f0f) | ((u[0] >> 2) & 0x30303030),
-        u[1] & 0x3f3f3f3f,
-        ((u[2] >> 4) & 0x0f0f0f0f) | ((u[1] >> 2) & 0x30303030),
-    };
-    std::memcpy(sc, v, 8);
-    std::memcpy(m, v + 2, 8);
-}
-
 inline __m256 u8x8_to_ps(const uint8_t * p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *) p)));
 }
@@ -179,11 +119,8 @@ float dot_q45_K(int64_t n, const void * w, const q8_act_row & x) {
             __m256i       u1  = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
             if constexpr (has_qh) {
                 // bit 2k of qh[l] is bit 4 of u0[l], bit 2k + 1 that of u1[l]
-                const __m256i h0 = _mm256_set1_epi8(char(1 << (2 * k)));
-                const __m256i h1 = _mm256_set1_epi8(char(2 << (2 * k)));
-                const __m256i b4 = _mm256_set1_epi8(0x10);
-                u0 = _mm256_or_si256(u0, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, h0), h0), b4));
-                u1 = _mm256_or_si256(u1, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, h1), h1), b4));
+                u0 = _mm256_or_si256(u0, bit4_from_bytes(hbits, 2 * k));
+                u1 = _mm256_or_si256(u1, bit4_from_bytes(hbits, 2 * k + 1));
             }
             p[2 * k]     = dot_u8s8(u0, load_x(x, xb + 2 * k));
             p[2 * k + 1] = dot_u8s8(u1, load_x(x, xb + 2 * k + 1));
@@ -203,8 +140,6 @@ float dot_q45_K(int64_t n, const void * w, const q8_act_row & x) {
 float dot_q6_K(int64_t n, const void * w, const q8_act_row & x) {
     const block_q6_K * b   = static_cast<const block_q6_K *>(w);
     __m256             acc = _mm256_setzero_ps();
-    const __m256i      m4  = _mm256_set1_epi8(0xF);
-    const __m256i      c30 = _mm256_set1_epi8(0x30);
     const __m256i      c32 = _mm256_set1_epi8(32);
     const __m128i      pat = _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     for (int64_t i = 0; i < n / QK_K; ++i) {
@@ -212,17 +147,8 @@ float dot_q6_K(int64_t n, const void * w, const q8_act_row & x) {
         const __m128i sc = _mm_loadu_si128((const __m128i *) b[i].scales);
         __m256i       p[8];
         for (int h = 0; h < 2; ++h) {
-            const __m256i ql0 = _mm256_loadu_si256((const __m256i *) (b[i].ql + 64 * h));
-            const __m256i ql1 = _mm256_loadu_si256((const __m256i *) (b[i].ql + 64 * h + 32));
-            const __m256i qh  = _mm256_loadu_si256((const __m256i *) (b[i].qh + 32 * h));
-            // codes 0..63 of elements 32k + l of this half, k = 0..3
-            const __m256i u[4] = {
-                _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), c30)),
-                _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), c30)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, c30)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                                _mm256_and_si256(_mm256_srli_epi16(qh, 2), c30)),
-            };
+            __m256i u[4];
+            q6_K_codes(b[i], h, u);
             for (int k = 0; k < 4; ++k) {
                 const int     j   = 8 * h + 2 * k;  // scales j, j + 1
                 const __m256i xv  = load_x(x, xb + 4 * h + k);

@@ -64,13 +64,17 @@ const float * checked_x(const f32_array & x, int64_t n_in, int64_t & n_tok) {
     return x.data();
 }
 
-py::array_t<float> py_dequantize(uint32_t type_id, const u8_array & raw, int64_t n) {
+py::array_t<float> py_dequantize(uint32_t type_id, const u8_array & raw, int64_t n, bool scalar) {
     const ggml_type type = checked_type(type_id);
     if (n < 0 || n % ggml_traits(type).block_size != 0 || size_t(raw.size()) != row_size(type, n)) {
         fail("dequantize: %zd bytes do not hold %lld %s elements", raw.size(), (long long) n, ggml_traits(type).name);
     }
     py::array_t<float> out(n);
-    dequantize_row(type, raw.data(), out.mutable_data(), n);
+    if (scalar) {
+        dequantize_row_scalar(type, raw.data(), out.mutable_data(), n);
+    } else {
+        dequantize_row(type, raw.data(), out.mutable_data(), n);
+    }
     return out;
 }
 
@@ -120,8 +124,9 @@ py::array_t<float> py_get_rows(uint32_t type_id, const u8_array & raw, int64_t n
 }  // namespace
 
 void bind_quants(py::module_ & m) {
-    m.def("dequantize", &py_dequantize, py::arg("type_id"), py::arg("raw"), py::arg("n"),
-          "Dequantize n elements of a ggml type from raw bytes; returns float32 [n].");
+    m.def("dequantize", &py_dequantize, py::arg("type_id"), py::arg("raw"), py::arg("n"), py::arg("scalar") = false,
+          "Dequantize n elements of a ggml type from raw bytes; returns float32 [n]. scalar=True uses the "
+          "portable loops only.");
     m.def("matmul", &py_matmul, py::arg("type_id"), py::arg("raw_weight"), py::arg("n_in"), py::arg("n_out"),
           py::arg("x"), py::arg("n_threads") = 1, py::arg("scalar") = false,
           "y = x @ W.T for W [n_out, n_in] in ggml type type_id, x float32 [n_tok, n_in]; scalar=True uses the "

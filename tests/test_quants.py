@@ -80,8 +80,10 @@ def test_dequantize_random_blocks(qtype):
     rng = np.random.default_rng(int(qtype) + 1)
     n_out, n_in = 7, 512
     raw = random_weight(qtype, n_out, n_in, rng)
-    out = _core.dequantize(int(qtype), raw, n_out * n_in).reshape(n_out, n_in)
-    assert_close_fp32(out, reference_dequantize(qtype, raw, n_out, n_in))
+    ref = reference_dequantize(qtype, raw, n_out, n_in)
+    for scalar in (False, True):
+        out = _core.dequantize(int(qtype), raw, n_out * n_in, scalar).reshape(n_out, n_in)
+        assert_close_fp32(out, ref)
 
 
 @pytest.mark.parametrize("qtype", [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.F16, T.BF16], ids=lambda t: t.name)
