@@ -32,8 +32,12 @@ inline __m256i sum_lanes8(const __m256i p[8]) {
 
 // Integer dot product of one 32-block's codes with an activation block, in 8 int32 lanes: the codes
 // u are unsigned (the offset or minimum is applied through the activation sums s), except for Q8_0.
-inline __m256i block_dot(const block_q4_0 & b, __m256i xv) { return dot_u8s8(unpack_nibbles(b.qs), xv); }
-inline __m256i block_dot(const block_q4_1 & b, __m256i xv) { return dot_u8s8(unpack_nibbles(b.qs), xv); }
+inline __m256i block_dot(const block_q4_0 & b, __m256i xv) {
+    return dot_u8s8(unpack_nibbles(b.qs), xv);
+}
+inline __m256i block_dot(const block_q4_1 & b, __m256i xv) {
+    return dot_u8s8(unpack_nibbles(b.qs), xv);
+}
 inline __m256i block_dot(const block_q5_0 & b, __m256i xv) {
     return dot_u8s8(_mm256_or_si256(unpack_nibbles(b.qs), bit4_from_mask(load_u32(b.qh))), xv);
 }
@@ -41,7 +45,7 @@ inline __m256i block_dot(const block_q5_1 & b, __m256i xv) {
     return dot_u8s8(_mm256_or_si256(unpack_nibbles(b.qs), bit4_from_mask(load_u32(b.qh))), xv);
 }
 inline __m256i block_dot(const block_q8_0 & b, __m256i xv) {
-    const __m256i q = _mm256_loadu_si256((const __m256i *) b.qs);
+    const __m256i q = _mm256_loadu_si256((const __m256i *)b.qs);
     // |q| as unsigned, the sign moved onto x: |q| <= 128, |x| <= 127
     return dot_u8s8(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xv, q));
 }
@@ -59,23 +63,24 @@ float block_min(const block & b) {
 // conversion and FMA of their 8 scale products; a block's offset or minimum meets the activation sum s.
 template <typename block, bool has_min, int offset>
 float dot_q32(int64_t n, const void * w, const q8_act_row & x) {
-    const block * b      = static_cast<const block *>(w);
-    const int64_t nb     = n / 32;
-    __m256        acc    = _mm256_setzero_ps();
-    __m256        acc_s  = _mm256_setzero_ps();  // sum of m s (has_min) or d s (offset)
-    int64_t       i      = 0;
+    const block * b  = static_cast<const block *>(w);
+    const int64_t nb = n / 32;
+    __m256 acc       = _mm256_setzero_ps();
+    __m256 acc_s     = _mm256_setzero_ps();  // sum of m s (has_min) or d s (offset)
+    int64_t i        = 0;
     for (; i + 8 <= nb; i += 8) {
         __m256i p[8];
         for (int j = 0; j < 8; ++j) {
             p[j] = block_dot(b[i + j], load_x(x, i + j));
         }
-        const __m256 d = _mm256_cvtph_ps(_mm_setr_epi16(b[i].d, b[i + 1].d, b[i + 2].d, b[i + 3].d, b[i + 4].d,
-                                                        b[i + 5].d, b[i + 6].d, b[i + 7].d));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum_lanes8(p)), _mm256_mul_ps(d, _mm256_loadu_ps(x.d + i)), acc);
+        const __m256 d = _mm256_cvtph_ps(_mm_setr_epi16(b[i].d, b[i + 1].d, b[i + 2].d, b[i + 3].d,
+                                                        b[i + 4].d, b[i + 5].d, b[i + 6].d, b[i + 7].d));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum_lanes8(p)), _mm256_mul_ps(d, _mm256_loadu_ps(x.d + i)),
+                              acc);
         if constexpr (has_min) {
-            const __m256 m = _mm256_cvtph_ps(_mm_setr_epi16(b[i].m, b[i + 1].m, b[i + 2].m, b[i + 3].m, b[i + 4].m,
-                                                            b[i + 5].m, b[i + 6].m, b[i + 7].m));
-            acc_s = _mm256_fmadd_ps(m, _mm256_loadu_ps(x.s + i), acc_s);
+            const __m256 m = _mm256_cvtph_ps(_mm_setr_epi16(b[i].m, b[i + 1].m, b[i + 2].m, b[i + 3].m,
+                                                            b[i + 4].m, b[i + 5].m, b[i + 6].m, b[i + 7].m));
+            acc_s          = _mm256_fmadd_ps(m, _mm256_loadu_ps(x.s + i), acc_s);
         } else if constexpr (offset != 0) {
             acc_s = _mm256_fmadd_ps(d, _mm256_loadu_ps(x.s + i), acc_s);
         }
@@ -83,40 +88,40 @@ float dot_q32(int64_t n, const void * w, const q8_act_row & x) {
     float y = 0.0f, ys = 0.0f;
     for (; i < nb; ++i) {
         const __m256i p = block_dot(b[i], load_x(x, i));
-        const float   d = fp16_to_fp32(b[i].d);
-        y              += d * x.d[i] * hsum(_mm256_cvtepi32_ps(p));
-        ys             += (has_min ? block_min(b[i]) : d) * x.s[i];
+        const float d   = fp16_to_fp32(b[i].d);
+        y += d * x.d[i] * hsum(_mm256_cvtepi32_ps(p));
+        ys += (has_min ? block_min(b[i]) : d) * x.s[i];
     }
-    y  += hsum(acc);
+    y += hsum(acc);
     ys += hsum(acc_s);
     return has_min ? y + ys : y - float(offset) * ys;
 }
 
 inline __m256 u8x8_to_ps(const uint8_t * p) {
-    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *) p)));
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)));
 }
 
 // Q4_K / Q5_K: sum over sub-blocks j of d sc_j dx_j sum(u x) - dmin m_j s_j; sub-block j of a block
 // lines up with activation block 8 i + j.
 template <typename block, bool has_qh>
 float dot_q45_K(int64_t n, const void * w, const q8_act_row & x) {
-    const block * b     = static_cast<const block *>(w);
-    __m256        acc   = _mm256_setzero_ps();
-    __m256        acc_m = _mm256_setzero_ps();
-    const __m256i m4    = _mm256_set1_epi8(0xF);
+    const block * b  = static_cast<const block *>(w);
+    __m256 acc       = _mm256_setzero_ps();
+    __m256 acc_m     = _mm256_setzero_ps();
+    const __m256i m4 = _mm256_set1_epi8(0xF);
     for (int64_t i = 0; i < n / QK_K; ++i) {
         const int64_t xb = i * 8;
-        uint8_t       sc[8], m[8];
+        uint8_t sc[8], m[8];
         unpack_scales_k4(b[i].scales, sc, m);
         __m256i hbits;
         if constexpr (has_qh) {
-            hbits = _mm256_loadu_si256((const __m256i *) b[i].qh);
+            hbits = _mm256_loadu_si256((const __m256i *)b[i].qh);
         }
         __m256i p[8];
         for (int k = 0; k < 4; ++k) {
-            const __m256i raw = _mm256_loadu_si256((const __m256i *) (b[i].qs + 32 * k));
-            __m256i       u0  = _mm256_and_si256(raw, m4);
-            __m256i       u1  = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+            const __m256i raw = _mm256_loadu_si256((const __m256i *)(b[i].qs + 32 * k));
+            __m256i u0        = _mm256_and_si256(raw, m4);
+            __m256i u1        = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
             if constexpr (has_qh) {
                 // bit 2k of qh[l] is bit 4 of u0[l], bit 2k + 1 that of u1[l]
                 u0 = _mm256_or_si256(u0, bit4_from_bytes(hbits, 2 * k));
@@ -138,23 +143,25 @@ float dot_q45_K(int64_t n, const void * w, const q8_act_row & x) {
 // int16 pair sums (|.| <= 63 * 127 * 2), minus those of 32 x for the code offset, then madd with the
 // scales (lanes 0-7 cover the first 16 elements) gives 8 int32 lanes per activation block.
 float dot_q6_K(int64_t n, const void * w, const q8_act_row & x) {
-    const block_q6_K * b   = static_cast<const block_q6_K *>(w);
-    __m256             acc = _mm256_setzero_ps();
-    const __m256i      c32 = _mm256_set1_epi8(32);
-    const __m128i      pat = _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    const block_q6_K * b = static_cast<const block_q6_K *>(w);
+    __m256 acc           = _mm256_setzero_ps();
+    const __m256i c32    = _mm256_set1_epi8(32);
+    const __m128i pat    = _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     for (int64_t i = 0; i < n / QK_K; ++i) {
         const int64_t xb = i * 8;
-        const __m128i sc = _mm_loadu_si128((const __m128i *) b[i].scales);
-        __m256i       p[8];
+        const __m128i sc = _mm_loadu_si128((const __m128i *)b[i].scales);
+        __m256i p[8];
         for (int h = 0; h < 2; ++h) {
             __m256i u[4];
             q6_K_codes(b[i], h, u);
             for (int k = 0; k < 4; ++k) {
-                const int     j   = 8 * h + 2 * k;  // scales j, j + 1
-                const __m256i xv  = load_x(x, xb + 4 * h + k);
-                const __m256i s16 = _mm256_sub_epi16(_mm256_maddubs_epi16(u[k], xv), _mm256_maddubs_epi16(c32, xv));
-                const __m256i scv = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc, _mm_add_epi8(pat, _mm_set1_epi8(char(j)))));
-                p[4 * h + k]      = _mm256_madd_epi16(s16, scv);
+                const int j      = 8 * h + 2 * k;  // scales j, j + 1
+                const __m256i xv = load_x(x, xb + 4 * h + k);
+                const __m256i s16 =
+                    _mm256_sub_epi16(_mm256_maddubs_epi16(u[k], xv), _mm256_maddubs_epi16(c32, xv));
+                const __m256i scv =
+                    _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc, _mm_add_epi8(pat, _mm_set1_epi8(char(j)))));
+                p[4 * h + k] = _mm256_madd_epi16(s16, scv);
             }
         }
         const __m256 ds = _mm256_mul_ps(_mm256_set1_ps(fp16_to_fp32(b[i].d)), _mm256_loadu_ps(x.d + xb));
@@ -168,17 +175,17 @@ float dot_q6_K(int64_t n, const void * w, const q8_act_row & x) {
 struct elem_f32 {
     using T = float;
     static __m512 load(const float * p) { return _mm512_loadu_ps(p); }
-    static float  one(float v) { return v; }
+    static float one(float v) { return v; }
 };
 struct elem_f16 {
     using T = uint16_t;
-    static __m512 load(const uint16_t * p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) p)); }
-    static float  one(uint16_t v) { return fp16_to_fp32(v); }
+    static __m512 load(const uint16_t * p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+    static float one(uint16_t v) { return fp16_to_fp32(v); }
 };
 struct elem_bf16 {
     using T = uint16_t;
     static __m512 load(const uint16_t * p) {
-        const __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *) p));
+        const __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
         return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
     }
     static float one(uint16_t v) { return bf16_to_fp32(v); }
@@ -187,10 +194,9 @@ struct elem_bf16 {
 // Four independent accumulators of 16 lanes hide the FMA latency.
 template <typename E>
 float dot_float(int64_t n, const void * w, const float * x) {
-    const typename E::T * v      = static_cast<const typename E::T *>(w);
-    __m512                acc[4] = { _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
-                                     _mm512_setzero_ps() };
-    int64_t               i      = 0;
+    const typename E::T * v = static_cast<const typename E::T *>(w);
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    int64_t i     = 0;
     for (; i + 64 <= n; i += 64) {
         for (int k = 0; k < 4; ++k) {
             acc[k] = _mm512_fmadd_ps(E::load(v + i + 16 * k), _mm512_loadu_ps(x + i + 16 * k), acc[k]);
@@ -212,25 +218,38 @@ float dot_float(int64_t n, const void * w, const float * x) {
 
 vec_dot_q8_fn vec_dot_q8_simd(ggml_type type) {
     switch (type) {
-        case ggml_type::Q4_0: return dot_q32<block_q4_0, false, 8>;
-        case ggml_type::Q4_1: return dot_q32<block_q4_1, true, 0>;
-        case ggml_type::Q5_0: return dot_q32<block_q5_0, false, 16>;
-        case ggml_type::Q5_1: return dot_q32<block_q5_1, true, 0>;
-        case ggml_type::Q8_0: return dot_q32<block_q8_0, false, 0>;
-        case ggml_type::Q4_K: return dot_q45_K<block_q4_K, false>;
-        case ggml_type::Q5_K: return dot_q45_K<block_q5_K, true>;
-        case ggml_type::Q6_K: return dot_q6_K;
-        default: return nullptr;
+        case ggml_type::Q4_0:
+            return dot_q32<block_q4_0, false, 8>;
+        case ggml_type::Q4_1:
+            return dot_q32<block_q4_1, true, 0>;
+        case ggml_type::Q5_0:
+            return dot_q32<block_q5_0, false, 16>;
+        case ggml_type::Q5_1:
+            return dot_q32<block_q5_1, true, 0>;
+        case ggml_type::Q8_0:
+            return dot_q32<block_q8_0, false, 0>;
+        case ggml_type::Q4_K:
+            return dot_q45_K<block_q4_K, false>;
+        case ggml_type::Q5_K:
+            return dot_q45_K<block_q5_K, true>;
+        case ggml_type::Q6_K:
+            return dot_q6_K;
+        default:
+            return nullptr;
     }
 }
 
 vec_dot_f32_fn vec_dot_f32_simd(ggml_type type) {
 #if defined(__AVX512F__)
     switch (type) {
-        case ggml_type::F32: return dot_float<elem_f32>;
-        case ggml_type::F16: return dot_float<elem_f16>;
-        case ggml_type::BF16: return dot_float<elem_bf16>;
-        default: return nullptr;
+        case ggml_type::F32:
+            return dot_float<elem_f32>;
+        case ggml_type::F16:
+            return dot_float<elem_f16>;
+        case ggml_type::BF16:
+            return dot_float<elem_bf16>;
+        default:
+            return nullptr;
     }
 #else
     return nullptr;
@@ -243,8 +262,12 @@ vec_dot_f32_fn vec_dot_f32_simd(ggml_type type) {
 
 namespace tca {
 
-vec_dot_q8_fn vec_dot_q8_simd(ggml_type) { return nullptr; }
-vec_dot_f32_fn vec_dot_f32_simd(ggml_type) { return nullptr; }
+vec_dot_q8_fn vec_dot_q8_simd(ggml_type) {
+    return nullptr;
+}
+vec_dot_f32_fn vec_dot_f32_simd(ggml_type) {
+    return nullptr;
+}
 
 }  // namespace tca
 

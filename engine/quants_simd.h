@@ -6,7 +6,7 @@
 
 namespace tca {
 
-vec_dot_q8_fn  vec_dot_q8_simd(ggml_type type);
+vec_dot_q8_fn vec_dot_q8_simd(ggml_type type);
 vec_dot_f32_fn vec_dot_f32_simd(ggml_type type);
 
 // Dequantizes n elements with SIMD; false when this build has no SIMD kernel for the type.
@@ -40,7 +40,7 @@ inline float hsum(__m256 v) {
 
 // 32 nibble codes of a 32-block in element order: low nibbles of the 16 bytes, then the high ones.
 inline __m256i unpack_nibbles(const uint8_t * qs) {
-    const __m128i raw = _mm_loadu_si128((const __m128i *) qs);
+    const __m128i raw = _mm_loadu_si128((const __m128i *)qs);
     const __m256i v   = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
     return _mm256_and_si256(v, _mm256_set1_epi8(0xF));
 }
@@ -53,13 +53,15 @@ inline __m256i bit4_from_mask(uint32_t bits) {
     const __m256i shuf = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2,
                                           2, 3, 3, 3, 3, 3, 3, 3, 3);
     const __m256i bit  = _mm256_set1_epi64x(0x8040201008040201LL);
-    __m256i       v    = _mm256_shuffle_epi8(_mm256_set1_epi32(int(bits)), shuf);
+    __m256i v          = _mm256_shuffle_epi8(_mm256_set1_epi32(int(bits)), shuf);
     v                  = _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
     return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
 #endif
 }
 
-inline __m256i load_x(const q8_act_row & x, int64_t b) { return _mm256_loadu_si256((const __m256i *) (x.qs + b * 32)); }
+inline __m256i load_x(const q8_act_row & x, int64_t b) {
+    return _mm256_loadu_si256((const __m256i *)(x.qs + b * 32));
+}
 
 inline uint32_t load_u32(const uint8_t * p) {
     uint32_t v;
@@ -85,9 +87,9 @@ inline void unpack_scales_k4(const uint8_t * scales, uint8_t sc[8], uint8_t m[8]
 inline void q6_K_codes(const block_q6_K & b, int h, __m256i u[4]) {
     const __m256i m4  = _mm256_set1_epi8(0xF);
     const __m256i c30 = _mm256_set1_epi8(0x30);
-    const __m256i ql0 = _mm256_loadu_si256((const __m256i *) (b.ql + 64 * h));
-    const __m256i ql1 = _mm256_loadu_si256((const __m256i *) (b.ql + 64 * h + 32));
-    const __m256i qh  = _mm256_loadu_si256((const __m256i *) (b.qh + 32 * h));
+    const __m256i ql0 = _mm256_loadu_si256((const __m256i *)(b.ql + 64 * h));
+    const __m256i ql1 = _mm256_loadu_si256((const __m256i *)(b.ql + 64 * h + 32));
+    const __m256i qh  = _mm256_loadu_si256((const __m256i *)(b.qh + 32 * h));
     u[0] = _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), c30));
     u[1] = _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), c30));
     u[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, c30));

@@ -16,7 +16,6 @@ import zipfile
 import gguf
 import numpy as np
 import pytest
-
 from tca import _core
 
 T = gguf.GGMLQuantizationType
@@ -86,7 +85,9 @@ def test_dequantize_random_blocks(qtype):
         assert_close_fp32(out, ref)
 
 
-@pytest.mark.parametrize("qtype", [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.F16, T.BF16], ids=lambda t: t.name)
+@pytest.mark.parametrize(
+    "qtype", [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.F16, T.BF16], ids=lambda t: t.name
+)
 def test_dequantize_of_gguf_quantize(qtype):
     rng = np.random.default_rng(100 + int(qtype))
     x = (rng.standard_normal((5, 256)) * rng.uniform(0.1, 3.0, (5, 1))).astype(np.float32)
@@ -127,7 +128,15 @@ def check_matmul(qtype, n_tok, n_in, n_out, n_threads, scalar, seed):
     assert rel < (2e-2 if quantized_acts else 1e-5)
 
 
-SHAPES = [(1, 576, 31), (3, 256, 3), (17, 1536, 577), (64, 2304, 31), (129, 576, 67), (1, 2304, 577), (9, 256, 45)]
+SHAPES = [
+    (1, 576, 31),
+    (3, 256, 3),
+    (17, 1536, 577),
+    (64, 2304, 31),
+    (129, 576, 67),
+    (1, 2304, 577),
+    (9, 256, 45),
+]
 
 
 @pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
@@ -211,7 +220,9 @@ def smollm2_reader(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["blk.0.attn_q.weight", "blk.3.ffn_down.weight", "blk.5.ffn_up.weight", "token_embd.weight"])
+@pytest.mark.parametrize(
+    "name", ["blk.0.attn_q.weight", "blk.3.ffn_down.weight", "blk.5.ffn_up.weight", "token_embd.weight"]
+)
 def test_matmul_smollm2_tensors(smollm2_reader, name):
     t = next(t for t in smollm2_reader.tensors if t.name == name)
     n_in, n_out = int(t.shape[0]), int(t.shape[1])

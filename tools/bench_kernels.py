@@ -16,7 +16,6 @@ import time
 
 import gguf
 import numpy as np
-
 from tca import _core
 
 T = gguf.GGMLQuantizationType
@@ -29,8 +28,9 @@ SHAPES = [
     ("qwen.ffn_up", 896, 4864),
     ("qwen.ffn_down", 4864, 896),
 ]
-FP16_FIELDS = {"Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0], "Q4_K": [0, 2],
-               "Q5_K": [0, 2], "Q6_K": [208]}  # fmt: skip
+# byte offsets of the fp16 scale fields in a block
+FP16_FIELDS = {"Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0]}
+FP16_FIELDS.update({"Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208]})
 
 
 def random_weight(type_name, n_out, n_in, rng):
@@ -85,10 +85,14 @@ def main(argv=None):
 
     bw = measure_bandwidth(args.threads)
     peak = args.peak or args.threads * 32 * cpu_mhz() / 1e3
-    print(f"threads {args.threads}: memory copy {bw:.1f} GB/s, fp32 FMA peak {peak:.0f} GFLOP/s "
-          f"({args.threads} cores x 32 FLOP/cycle x {cpu_mhz():.0f} MHz)")  # fmt: skip
-    print(f"{'type':5} {'shape':14} {'n_out x n_in':>13} | {'tg ms':>7} {'GB/s':>6} {'%bw':>4} | "
-          f"{'pp ms':>8} {'GFLOP/s':>7} {'%peak':>5}")  # fmt: skip
+    print(
+        f"threads {args.threads}: memory copy {bw:.1f} GB/s, fp32 FMA peak {peak:.0f} GFLOP/s "
+        f"({args.threads} cores x 32 FLOP/cycle x {cpu_mhz():.0f} MHz)"
+    )
+    print(
+        f"{'type':5} {'shape':14} {'n_out x n_in':>13} | {'tg ms':>7} {'GB/s':>6} {'%bw':>4} | "
+        f"{'pp ms':>8} {'GFLOP/s':>7} {'%peak':>5}"
+    )
     rng = np.random.default_rng(0)
     shapes = [s for s in SHAPES if s[0] in args.shapes.split(",")]
     rows = []
@@ -99,19 +103,24 @@ def main(argv=None):
                 continue
             raw = random_weight(type_name, n_out, n_in, rng)
             x1 = rng.standard_normal((1, n_in), dtype=np.float32)
-            t_vec = statistics.median(_core.bench_matmul(int(T[type_name]), raw, n_in, n_out, x1, args.threads,
-                                                         args.repeat))  # fmt: skip
+            type_id = int(T[type_name])
+            t_vec = statistics.median(
+                _core.bench_matmul(type_id, raw, n_in, n_out, x1, args.threads, args.repeat)
+            )
             xn = rng.standard_normal((args.n_tok, n_in), dtype=np.float32)
-            t_mat = statistics.median(_core.bench_matmul(int(T[type_name]), raw, n_in, n_out, xn, args.threads, 3))
+            t_mat = statistics.median(_core.bench_matmul(type_id, raw, n_in, n_out, xn, args.threads, 3))
             gbs = raw.size / t_vec / 1e9
             gflops = 2 * n_in * n_out * args.n_tok / t_mat / 1e9
-            rows.append({"type": type_name, "shape": name, "n_in": n_in, "n_out": n_out, "tg_s": t_vec,
-                         "tg_gbs": gbs, "pp_s": t_mat, "pp_gflops": gflops})  # fmt: skip
-            print(f"{type_name:5} {name:14} {n_out:6}x{n_in:<6} | {t_vec * 1e3:7.3f} {gbs:6.1f} "
-                  f"{100 * gbs / bw:4.0f} | {t_mat * 1e3:8.2f} {gflops:7.1f} {100 * gflops / peak:5.0f}")  # fmt: skip
+            row = dict(type=type_name, shape=name, n_in=n_in, n_out=n_out, tg_s=t_vec, tg_gbs=gbs)
+            rows.append(dict(row, pp_s=t_mat, pp_gflops=gflops))
+            print(
+                f"{type_name:5} {name:14} {n_out:6}x{n_in:<6} | {t_vec * 1e3:7.3f} {gbs:6.1f} "
+                f"{100 * gbs / bw:4.0f} | {t_mat * 1e3:8.2f} {gflops:7.1f} {100 * gflops / peak:5.0f}"
+            )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"threads": args.threads, "bandwidth_gbs": bw, "peak_gflops": peak, "rows": rows}, f, indent=1)
+            summary = {"threads": args.threads, "bandwidth_gbs": bw, "peak_gflops": peak}
+            json.dump(dict(summary, rows=rows), f, indent=1)
 
 
 if __name__ == "__main__":
