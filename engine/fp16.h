@@ -52,7 +52,7 @@ inline uint16_t fp32_to_fp16_portable(float f) {
     }
     if (a < 0x38800000) {  // below the smallest normal half 2^-14: subnormal or zero
         // Adding 0.5 makes the fp32 hardware round the value to a multiple of 2^-24 (to nearest even).
-        const float    v = fp32_from_bits(a) + 0.5f;
+        const float v    = fp32_from_bits(a) + 0.5f;
         const uint32_t r = fp32_bits(v) - 0x3f000000;
         return uint16_t(sign | r);
     }
@@ -78,13 +78,15 @@ inline uint16_t fp32_to_fp16(float f) {
 }
 
 // bf16 is the upper half of an fp32.
-inline float bf16_to_fp32(uint16_t h) { return fp32_from_bits(uint32_t(h) << 16); }
+inline float bf16_to_fp32(uint16_t h) {
+    return fp32_from_bits(uint32_t(h) << 16);
+}
 
 inline void fp16_to_fp32_row(const uint16_t * src, float * dst, int64_t n) {
     int64_t i = 0;
 #if defined(__F16C__) && defined(__AVX__)
     for (; i + 8 <= n; i += 8) {
-        const __m128i h = _mm_loadu_si128((const __m128i *) (src + i));
+        const __m128i h = _mm_loadu_si128((const __m128i *)(src + i));
         _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(h));
     }
 #endif
@@ -98,7 +100,7 @@ inline void fp32_to_fp16_row(const float * src, uint16_t * dst, int64_t n) {
 #if defined(__F16C__) && defined(__AVX__)
     for (; i + 8 <= n; i += 8) {
         const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT);
-        _mm_storeu_si128((__m128i *) (dst + i), h);
+        _mm_storeu_si128((__m128i *)(dst + i), h);
     }
 #endif
     for (; i < n; ++i) {

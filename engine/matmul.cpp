@@ -23,7 +23,7 @@ void check_weight(const weight & w) {
     }
     if (w.n_in <= 0 || w.n_out <= 0 || w.n_in % t->block_size != 0) {
         fail("matmul: bad %s weight shape [%lld, %lld] (n_in must be a positive multiple of %lld)", t->name,
-             (long long) w.n_out, (long long) w.n_in, (long long) t->block_size);
+             (long long)w.n_out, (long long)w.n_in, (long long)t->block_size);
     }
     if (w.data == nullptr) {
         fail("matmul: %s weight has no data", t->name);
@@ -51,18 +51,19 @@ void matmul_vec_float(const weight & w, const float * x, int64_t n_tok, float * 
 // Few tokens, quantized weights: quantize each token row to 8-bit blocks, then integer dots.
 void matmul_vec_q8(const weight & w, const float * x, int64_t n_tok, float * y, thread_pool & pool,
                    vec_dot_q8_fn dot) {
-    const int64_t       nb = w.n_in / QK8_0;
+    const int64_t nb = w.n_in / QK8_0;
     std::vector<int8_t> qs(size_t(n_tok * w.n_in));
-    std::vector<float>  d(size_t(n_tok * nb)), s(size_t(n_tok * nb));
+    std::vector<float> d(size_t(n_tok * nb)), s(size_t(n_tok * nb));
     for (int64_t t = 0; t < n_tok; ++t) {
-        quantize_row_q8_act(x + t * w.n_in, w.n_in, qs.data() + t * w.n_in, d.data() + t * nb, s.data() + t * nb);
+        quantize_row_q8_act(x + t * w.n_in, w.n_in, qs.data() + t * w.n_in, d.data() + t * nb,
+                            s.data() + t * nb);
     }
     const size_t rb = w.row_bytes();
     pool.parallel_for(w.n_out, [&](int64_t o0, int64_t o1, int) {
         for (int64_t o = o0; o < o1; ++o) {
             const uint8_t * row = static_cast<const uint8_t *>(w.data) + o * rb;
             for (int64_t t = 0; t < n_tok; ++t) {
-                const q8_act_row xt{ qs.data() + t * w.n_in, d.data() + t * nb, s.data() + t * nb };
+                const q8_act_row xt{qs.data() + t * w.n_in, d.data() + t * nb, s.data() + t * nb};
                 y[t * w.n_out + o] = dot(w.n_in, row, xt);
             }
         }
@@ -121,8 +122,8 @@ void matmul_gemm(const weight & w, const float * x, int64_t n_tok, float * y, th
     std::vector<float> xp(size_t(n_tiles * n_in * k_tile_tokens), 0.0f);
     pool.parallel_for(n_tiles, [&](int64_t t0, int64_t t1, int) {
         for (int64_t tile = t0; tile < t1; ++tile) {
-            float *       dst = xp.data() + tile * n_in * k_tile_tokens;
-            const int64_t nt  = std::min<int64_t>(k_tile_tokens, n_tok - tile * k_tile_tokens);
+            float * dst      = xp.data() + tile * n_in * k_tile_tokens;
+            const int64_t nt = std::min<int64_t>(k_tile_tokens, n_tok - tile * k_tile_tokens);
             for (int64_t j = 0; j < nt; ++j) {
                 const float * src = x + (tile * k_tile_tokens + j) * n_in;
                 for (int64_t k = 0; k < n_in; ++k) {
@@ -131,17 +132,17 @@ void matmul_gemm(const weight & w, const float * x, int64_t n_tok, float * y, th
             }
         }
     });
-    const size_t  rb       = w.row_bytes();
+    const size_t rb        = w.row_bytes();
     const int64_t n_panels = (w.n_out + k_panel_rows - 1) / k_panel_rows;
     pool.parallel_for(n_panels, [&](int64_t p0, int64_t p1, int) {
         std::vector<float> rows(size_t(k_panel_rows * n_in));  // [32, n_in]
         std::vector<float> wp(size_t(n_in * k_panel_rows));    // [n_in, 32]
         for (int64_t p = p0; p < p1; ++p) {
-            const int64_t o0     = p * k_panel_rows;
-            const int     n_rows = int(std::min<int64_t>(k_panel_rows, w.n_out - o0));
+            const int64_t o0 = p * k_panel_rows;
+            const int n_rows = int(std::min<int64_t>(k_panel_rows, w.n_out - o0));
             for (int r = 0; r < n_rows; ++r) {
-                dequantize_row(w.type, static_cast<const uint8_t *>(w.data) + (o0 + r) * rb, rows.data() + r * n_in,
-                               n_in);
+                dequantize_row(w.type, static_cast<const uint8_t *>(w.data) + (o0 + r) * rb,
+                               rows.data() + r * n_in, n_in);
             }
             std::fill(rows.begin() + n_rows * n_in, rows.end(), 0.0f);
             for (int64_t k = 0; k < n_in; ++k) {
@@ -151,9 +152,9 @@ void matmul_gemm(const weight & w, const float * x, int64_t n_tok, float * y, th
             }
             for (int64_t tile = 0; tile < n_tiles; ++tile) {
                 const int64_t t0 = tile * k_tile_tokens;
-                const int     nt = int(std::min<int64_t>(k_tile_tokens, n_tok - t0));
-                gemm_tile(n_in, wp.data(), xp.data() + tile * n_in * k_tile_tokens, y + t0 * w.n_out + o0, w.n_out,
-                          n_rows, nt);
+                const int nt     = int(std::min<int64_t>(k_tile_tokens, n_tok - t0));
+                gemm_tile(n_in, wp.data(), xp.data() + tile * n_in * k_tile_tokens, y + t0 * w.n_out + o0,
+                          w.n_out, n_rows, nt);
             }
         }
     });
@@ -161,7 +162,9 @@ void matmul_gemm(const weight & w, const float * x, int64_t n_tok, float * y, th
 
 }  // namespace
 
-size_t weight::row_bytes() const { return row_size(type, n_in); }
+size_t weight::row_bytes() const {
+    return row_size(type, n_in);
+}
 
 void matmul(const weight & w, const float * x, int64_t n_tok, float * y, thread_pool & pool) {
     matmul(w, x, n_tok, y, pool, matmul_kernels::best);
@@ -188,8 +191,8 @@ void get_rows(const weight & w, const int32_t * ids, int64_t n, float * out) {
     const size_t rb = w.row_bytes();
     for (int64_t t = 0; t < n; ++t) {
         if (ids[t] < 0 || ids[t] >= w.n_out) {
-            fail("get_rows: row id %d at position %lld is outside [0, %lld)", ids[t], (long long) t,
-                 (long long) w.n_out);
+            fail("get_rows: row id %d at position %lld is outside [0, %lld)", ids[t], (long long)t,
+                 (long long)w.n_out);
         }
         dequantize_row(w.type, static_cast<const uint8_t *>(w.data) + ids[t] * rb, out + t * w.n_in, w.n_in);
     }

@@ -16,11 +16,11 @@
 namespace tca {
 
 struct weight {  // a 2-D weight matrix [n_out, n_in] in ggml layout (or a 1-D vector)
-    ggml_type    type;
-    int64_t      n_in;   // ne[0], the fastest dimension
-    int64_t      n_out;  // rows
+    ggml_type type;
+    int64_t n_in;   // ne[0], the fastest dimension
+    int64_t n_out;  // rows
     const void * data;
-    size_t       row_bytes() const;
+    size_t row_bytes() const;
 };
 
 // Which kernels matmul uses: the fastest this build has, or only the portable scalar ones (the

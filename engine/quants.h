@@ -14,41 +14,41 @@ constexpr int K_SCALE_SIZE = 12;
 
 struct block_q4_0 {  // x = d * (q - 8)
     uint16_t d;
-    uint8_t  qs[QK4_0 / 2];  // element j in the low nibble of qs[j], element j + 16 in the high nibble
+    uint8_t qs[QK4_0 / 2];  // element j in the low nibble of qs[j], element j + 16 in the high nibble
 };
 struct block_q4_1 {  // x = d * q + m
     uint16_t d, m;
-    uint8_t  qs[QK4_1 / 2];
+    uint8_t qs[QK4_1 / 2];
 };
 struct block_q5_0 {  // x = d * (q - 16); bit j of qh is bit 4 of element j
     uint16_t d;
-    uint8_t  qh[4];
-    uint8_t  qs[QK5_0 / 2];
+    uint8_t qh[4];
+    uint8_t qs[QK5_0 / 2];
 };
 struct block_q5_1 {  // x = d * q + m
     uint16_t d, m;
-    uint8_t  qh[4];
-    uint8_t  qs[QK5_1 / 2];
+    uint8_t qh[4];
+    uint8_t qs[QK5_1 / 2];
 };
 struct block_q8_0 {  // x = d * q
     uint16_t d;
-    int8_t   qs[QK8_0];
+    int8_t qs[QK8_0];
 };
 struct block_q4_K {  // 8 sub-blocks of 32: x = d * sc[j] * q - dmin * m[j], (sc, m) 6-bit packed in scales
     uint16_t d, dmin;
-    uint8_t  scales[K_SCALE_SIZE];
-    uint8_t  qs[QK_K / 2];  // sub-blocks 2k, 2k+1 in the low / high nibbles of qs[32k .. 32k+31]
+    uint8_t scales[K_SCALE_SIZE];
+    uint8_t qs[QK_K / 2];  // sub-blocks 2k, 2k+1 in the low / high nibbles of qs[32k .. 32k+31]
 };
 struct block_q5_K {  // as Q4_K with a fifth bit: bit j of qh[l] is bit 4 of element l of sub-block j
     uint16_t d, dmin;
-    uint8_t  scales[K_SCALE_SIZE];
-    uint8_t  qh[QK_K / 8];
-    uint8_t  qs[QK_K / 2];
+    uint8_t scales[K_SCALE_SIZE];
+    uint8_t qh[QK_K / 8];
+    uint8_t qs[QK_K / 2];
 };
 struct block_q6_K {  // 16 sub-blocks of 16: x = d * scales[j] * (q - 32)
-    uint8_t  ql[QK_K / 2];
-    uint8_t  qh[QK_K / 4];
-    int8_t   scales[QK_K / 16];
+    uint8_t ql[QK_K / 2];
+    uint8_t qh[QK_K / 4];
+    int8_t scales[QK_K / 16];
     uint16_t d;
 };
 
@@ -73,6 +73,9 @@ inline void q4_K_scale_min(int j, const uint8_t * scales, uint8_t & sc, uint8_t 
 // cannot compute with.
 void dequantize_row(ggml_type type, const void * src, float * dst, int64_t n);
 
+// The same with the portable scalar loops only (the reference for the SIMD ones).
+void dequantize_row_scalar(ggml_type type, const void * src, float * dst, int64_t n);
+
 // Bytes of a row of n elements (n a multiple of the block size).
 size_t row_size(ggml_type type, int64_t n);
 
@@ -82,8 +85,8 @@ size_t row_size(ggml_type type, int64_t n);
 // and the unsigned-code types (Q4_0, Q5_0, Q6_K) need it.
 struct q8_act_row {
     const int8_t * qs;  // [n]
-    const float *  d;   // [n / 32]
-    const float *  s;   // [n / 32]
+    const float * d;    // [n / 32]
+    const float * s;    // [n / 32]
 };
 
 // Quantizes x[0, n) (n % 32 == 0) into qs [n], d [n / 32], s [n / 32].

@@ -3,7 +3,10 @@
 // its codes to 32 bytes, take the u8 x s8 dot product with the activation block into 8 int32 lanes,
 // convert and accumulate with the block's scale product. Zen 4 runs 512-bit integer ops as two 256-bit
 // halves, so 256-bit vectors lose nothing there and keep the AVX2 fallback the same code.
-#include "quants_dot.h"
+#include "quants_simd.h"
+
+#include <cstring>
+#include <type_traits>
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -14,177 +17,155 @@ namespace tca {
 
 namespace {
 
-// 8 int32 lanes: lane k = sum_{j < 4} u[4k + j] * s[4k + j], u unsigned and s signed bytes.
-// maddubs saturates its int16 pair sums, safe while u <= 128 and |s| <= 127.
-inline __m256i dot_u8s8(__m256i u, __m256i s) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
-#else
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
-#endif
+// Lane j of the result = sum of the 8 lanes of p[j]: the integer dot products of 8 activation blocks,
+// reduced together so that one conversion and one FMA apply their 8 scales.
+inline __m256i sum_lanes8(const __m256i p[8]) {
+    const __m256i s01 = _mm256_hadd_epi32(p[0], p[1]);
+    const __m256i s23 = _mm256_hadd_epi32(p[2], p[3]);
+    const __m256i s45 = _mm256_hadd_epi32(p[4], p[5]);
+    const __m256i s67 = _mm256_hadd_epi32(p[6], p[7]);
+    // lanes: p0..p3 summed over their low 128 bits, then over their high 128 bits; same for p4..p7
+    const __m256i lo = _mm256_hadd_epi32(s01, s23);
+    const __m256i hi = _mm256_hadd_epi32(s45, s67);
+    return _mm256_add_epi32(_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31));
 }
 
-inline float hsum(__m256 v) {
-    __m128 r = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    r        = _mm_add_ps(r, _mm_movehl_ps(r, r));
-    r        = _mm_add_ss(r, _mm_movehdup_ps(r));
-    return _mm_cvtss_f32(r);
+// Integer dot product of one 32-block's codes with an activation block, in 8 int32 lanes: the codes
+// u are unsigned (the offset or minimum is applied through the activation sums s), except for Q8_0.
+inline __m256i block_dot(const block_q4_0 & b, __m256i xv) {
+    return dot_u8s8(unpack_nibbles(b.qs), xv);
+}
+inline __m256i block_dot(const block_q4_1 & b, __m256i xv) {
+    return dot_u8s8(unpack_nibbles(b.qs), xv);
+}
+inline __m256i block_dot(const block_q5_0 & b, __m256i xv) {
+    return dot_u8s8(_mm256_or_si256(unpack_nibbles(b.qs), bit4_from_mask(load_u32(b.qh))), xv);
+}
+inline __m256i block_dot(const block_q5_1 & b, __m256i xv) {
+    return dot_u8s8(_mm256_or_si256(unpack_nibbles(b.qs), bit4_from_mask(load_u32(b.qh))), xv);
+}
+inline __m256i block_dot(const block_q8_0 & b, __m256i xv) {
+    const __m256i q = _mm256_loadu_si256((const __m256i *)b.qs);
+    // |q| as unsigned, the sign moved onto x: |q| <= 128, |x| <= 127
+    return dot_u8s8(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xv, q));
 }
 
-// 32 nibble codes of a 32-block in element order: low nibbles of the 16 bytes, then the high ones.
-inline __m256i unpack_nibbles(const uint8_t * qs) {
-    const __m128i raw = _mm_loadu_si128((const __m128i *) qs);
-    const __m256i v   = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
-    return _mm256_and_si256(v, _mm256_set1_epi8(0xF));
+template <typename block>
+float block_min(const block & b) {
+    if constexpr (std::is_same_v<block, block_q4_1> || std::is_same_v<block, block_q5_1>) {
+        return fp16_to_fp32(b.m);
+    } else {
+        return 0.0f;
+    }
 }
 
-// Byte j = 0x10 where bit j of bits is set, else 0.
-inline __m256i bit4_from_mask(uint32_t bits) {
-#if defined(__AVX512BW__) && defined(__AVX512VL__)
-    return _mm256_maskz_mov_epi8(bits, _mm256_set1_epi8(0x10));
-#else
-    const __m256i shuf = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2,
-                                          2, 3, 3, 3, 3, 3, 3, 3, 3);
-    const __m256i bit  = _mm256_set1_epi64x(0x8040201008040201LL);
-    __m256i       v    = _mm256_shuffle_epi8(_mm256_set1_epi32(int(bits)), shuf);
-    v                  = _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
-    return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
-#endif
-}
-
-inline __m256i load_x(const q8_act_row & x, int64_t b) { return _mm256_loadu_si256((const __m256i *) (x.qs + b * 32)); }
-
-inline uint32_t load_u32(const uint8_t * p) {
-    uint32_t v;
-    std::memcpy(&v, p, 4);
-    return v;
-}
-
-// Types whose 32-blocks have codes u and x = d * (u - offset) (+ m when has_min).
-template <typename block, bool has_min, bool has_qh, int offset>
+// The 32-block types: x = d (u - offset), or d u + m when has_min. Groups of 8 blocks share one
+// conversion and FMA of their 8 scale products; a block's offset or minimum meets the activation sum s.
+template <typename block, bool has_min, int offset>
 float dot_q32(int64_t n, const void * w, const q8_act_row & x) {
-    const block * b    = static_cast<const block *>(w);
-    __m256        acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    float         corr = 0.0f;  // sum over blocks of m s (has_min) or d s (offset)
-    const int64_t nb   = n / 32;
-    for (int64_t i = 0; i < nb; ++i) {
-        __m256i u = unpack_nibbles(b[i].qs);
-        if constexpr (has_qh) {
-            u = _mm256_or_si256(u, bit4_from_mask(load_u32(b[i].qh)));
+    const block * b  = static_cast<const block *>(w);
+    const int64_t nb = n / 32;
+    __m256 acc       = _mm256_setzero_ps();
+    __m256 acc_s     = _mm256_setzero_ps();  // sum of m s (has_min) or d s (offset)
+    int64_t i        = 0;
+    for (; i + 8 <= nb; i += 8) {
+        __m256i p[8];
+        for (int j = 0; j < 8; ++j) {
+            p[j] = block_dot(b[i + j], load_x(x, i + j));
         }
-        const float  d = fp16_to_fp32(b[i].d);
-        const __m256 p = _mm256_cvtepi32_ps(dot_u8s8(u, load_x(x, i)));
-        if (i % 2 == 0) {
-            acc0 = _mm256_fmadd_ps(p, _mm256_set1_ps(d * x.d[i]), acc0);
-        } else {
-            acc1 = _mm256_fmadd_ps(p, _mm256_set1_ps(d * x.d[i]), acc1);
-        }
+        const __m256 d = _mm256_cvtph_ps(_mm_setr_epi16(b[i].d, b[i + 1].d, b[i + 2].d, b[i + 3].d,
+                                                        b[i + 4].d, b[i + 5].d, b[i + 6].d, b[i + 7].d));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum_lanes8(p)), _mm256_mul_ps(d, _mm256_loadu_ps(x.d + i)),
+                              acc);
         if constexpr (has_min) {
-            corr += fp16_to_fp32(b[i].m) * x.s[i];
-        } else {
-            corr += d * x.s[i];
+            const __m256 m = _mm256_cvtph_ps(_mm_setr_epi16(b[i].m, b[i + 1].m, b[i + 2].m, b[i + 3].m,
+                                                            b[i + 4].m, b[i + 5].m, b[i + 6].m, b[i + 7].m));
+            acc_s          = _mm256_fmadd_ps(m, _mm256_loadu_ps(x.s + i), acc_s);
+        } else if constexpr (offset != 0) {
+            acc_s = _mm256_fmadd_ps(d, _mm256_loadu_ps(x.s + i), acc_s);
         }
     }
-    const float y = hsum(_mm256_add_ps(acc0, acc1));
-    return has_min ? y + corr : y - float(offset) * corr;
-}
-
-float dot_q8_0(int64_t n, const void * w, const q8_act_row & x) {
-    const block_q8_0 * b    = static_cast<const block_q8_0 *>(w);
-    __m256             acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    const int64_t      nb   = n / 32;
-    for (int64_t i = 0; i < nb; ++i) {
-        const __m256i q = _mm256_loadu_si256((const __m256i *) b[i].qs);
-        // |q| as unsigned, the sign moved onto x: |q| <= 128, |x| <= 127
-        const __m256i s = dot_u8s8(_mm256_sign_epi8(q, q), _mm256_sign_epi8(load_x(x, i), q));
-        const __m256  p = _mm256_cvtepi32_ps(s);
-        const __m256  f = _mm256_set1_ps(fp16_to_fp32(b[i].d) * x.d[i]);
-        if (i % 2 == 0) {
-            acc0 = _mm256_fmadd_ps(p, f, acc0);
-        } else {
-            acc1 = _mm256_fmadd_ps(p, f, acc1);
-        }
+    float y = 0.0f, ys = 0.0f;
+    for (; i < nb; ++i) {
+        const __m256i p = block_dot(b[i], load_x(x, i));
+        const float d   = fp16_to_fp32(b[i].d);
+        y += d * x.d[i] * hsum(_mm256_cvtepi32_ps(p));
+        ys += (has_min ? block_min(b[i]) : d) * x.s[i];
     }
-    return hsum(_mm256_add_ps(acc0, acc1));
+    y += hsum(acc);
+    ys += hsum(acc_s);
+    return has_min ? y + ys : y - float(offset) * ys;
 }
 
-// Q4_K / Q5_K: per sub-block j, d sc_j dx_j sum(u x) - dmin m_j s_j.
+inline __m256 u8x8_to_ps(const uint8_t * p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+
+// Q4_K / Q5_K: sum over sub-blocks j of d sc_j dx_j sum(u x) - dmin m_j s_j; sub-block j of a block
+// lines up with activation block 8 i + j.
 template <typename block, bool has_qh>
 float dot_q45_K(int64_t n, const void * w, const q8_act_row & x) {
-    const block * b    = static_cast<const block *>(w);
-    __m256        acc  = _mm256_setzero_ps();
-    float         mins = 0.0f;
-    const __m256i m4   = _mm256_set1_epi8(0xF);
+    const block * b  = static_cast<const block *>(w);
+    __m256 acc       = _mm256_setzero_ps();
+    __m256 acc_m     = _mm256_setzero_ps();
+    const __m256i m4 = _mm256_set1_epi8(0xF);
     for (int64_t i = 0; i < n / QK_K; ++i) {
-        const float d    = fp16_to_fp32(b[i].d);
-        const float dmin = fp16_to_fp32(b[i].dmin);
-        uint8_t     sc[8], m[8];
-        for (int j = 0; j < 8; ++j) {
-            q4_K_scale_min(j, b[i].scales, sc[j], m[j]);
-        }
+        const int64_t xb = i * 8;
+        uint8_t sc[8], m[8];
+        unpack_scales_k4(b[i].scales, sc, m);
         __m256i hbits;
         if constexpr (has_qh) {
-            hbits = _mm256_loadu_si256((const __m256i *) b[i].qh);
+            hbits = _mm256_loadu_si256((const __m256i *)b[i].qh);
         }
-        const int64_t xb = i * 8;
+        __m256i p[8];
         for (int k = 0; k < 4; ++k) {
-            const __m256i raw = _mm256_loadu_si256((const __m256i *) (b[i].qs + 32 * k));
-            __m256i       u0  = _mm256_and_si256(raw, m4);
-            __m256i       u1  = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+            const __m256i raw = _mm256_loadu_si256((const __m256i *)(b[i].qs + 32 * k));
+            __m256i u0        = _mm256_and_si256(raw, m4);
+            __m256i u1        = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
             if constexpr (has_qh) {
                 // bit 2k of qh[l] is bit 4 of u0[l], bit 2k + 1 that of u1[l]
-                const __m256i h0 = _mm256_set1_epi8(char(1 << (2 * k)));
-                const __m256i h1 = _mm256_set1_epi8(char(2 << (2 * k)));
-                const __m256i b4 = _mm256_set1_epi8(0x10);
-                u0 = _mm256_or_si256(u0, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, h0), h0), b4));
-                u1 = _mm256_or_si256(u1, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, h1), h1), b4));
+                u0 = _mm256_or_si256(u0, bit4_from_bytes(hbits, 2 * k));
+                u1 = _mm256_or_si256(u1, bit4_from_bytes(hbits, 2 * k + 1));
             }
-            const __m256 p0 = _mm256_cvtepi32_ps(dot_u8s8(u0, load_x(x, xb + 2 * k)));
-            const __m256 p1 = _mm256_cvtepi32_ps(dot_u8s8(u1, load_x(x, xb + 2 * k + 1)));
-            acc = _mm256_fmadd_ps(p0, _mm256_set1_ps(d * float(sc[2 * k]) * x.d[xb + 2 * k]), acc);
-            acc = _mm256_fmadd_ps(p1, _mm256_set1_ps(d * float(sc[2 * k + 1]) * x.d[xb + 2 * k + 1]), acc);
+            p[2 * k]     = dot_u8s8(u0, load_x(x, xb + 2 * k));
+            p[2 * k + 1] = dot_u8s8(u1, load_x(x, xb + 2 * k + 1));
         }
-        float ms = 0.0f;
-        for (int j = 0; j < 8; ++j) {
-            ms += float(m[j]) * x.s[xb + j];
-        }
-        mins += dmin * ms;
+        const __m256 d  = _mm256_set1_ps(fp16_to_fp32(b[i].d));
+        const __m256 ds = _mm256_mul_ps(_mm256_mul_ps(d, u8x8_to_ps(sc)), _mm256_loadu_ps(x.d + xb));
+        acc             = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum_lanes8(p)), ds, acc);
+        const __m256 dm = _mm256_mul_ps(_mm256_set1_ps(fp16_to_fp32(b[i].dmin)), u8x8_to_ps(m));
+        acc_m           = _mm256_fmadd_ps(dm, _mm256_loadu_ps(x.s + xb), acc_m);
     }
-    return hsum(acc) - mins;
+    return hsum(_mm256_sub_ps(acc, acc_m));
 }
 
+// Q6_K: per activation block of 32, two sub-blocks of 16 with their own int8 scales. maddubs gives
+// int16 pair sums (|.| <= 63 * 127 * 2), minus those of 32 x for the code offset, then madd with the
+// scales (lanes 0-7 cover the first 16 elements) gives 8 int32 lanes per activation block.
 float dot_q6_K(int64_t n, const void * w, const q8_act_row & x) {
-    const block_q6_K * b   = static_cast<const block_q6_K *>(w);
-    __m256             acc = _mm256_setzero_ps();
-    const __m256i      m4  = _mm256_set1_epi8(0xF);
-    const __m256i      c30 = _mm256_set1_epi8(0x30);
-    const __m256i      c32 = _mm256_set1_epi8(32);
+    const block_q6_K * b = static_cast<const block_q6_K *>(w);
+    __m256 acc           = _mm256_setzero_ps();
+    const __m256i c32    = _mm256_set1_epi8(32);
+    const __m128i pat    = _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     for (int64_t i = 0; i < n / QK_K; ++i) {
-        const float d = fp16_to_fp32(b[i].d);
+        const int64_t xb = i * 8;
+        const __m128i sc = _mm_loadu_si128((const __m128i *)b[i].scales);
+        __m256i p[8];
         for (int h = 0; h < 2; ++h) {
-            const __m256i ql0 = _mm256_loadu_si256((const __m256i *) (b[i].ql + 64 * h));
-            const __m256i ql1 = _mm256_loadu_si256((const __m256i *) (b[i].ql + 64 * h + 32));
-            const __m256i qh  = _mm256_loadu_si256((const __m256i *) (b[i].qh + 32 * h));
-            // codes 0..63 of elements 32k + l of this half, k = 0..3
-            const __m256i u[4] = {
-                _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), c30)),
-                _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), c30)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, c30)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                                _mm256_and_si256(_mm256_srli_epi16(qh, 2), c30)),
-            };
+            __m256i u[4];
+            q6_K_codes(b[i], h, u);
             for (int k = 0; k < 4; ++k) {
-                const int64_t xb = i * 8 + 4 * h + k;
-                const __m256i xv = load_x(x, xb);
-                // lanes 0-3 cover the first 16 elements (scale j), lanes 4-7 the next 16 (scale j + 1)
-                const __m256i s  = _mm256_sub_epi32(dot_u8s8(u[k], xv), dot_u8s8(c32, xv));
-                const int     j  = 8 * h + 2 * k;
-                const __m256  f  = _mm256_mul_ps(
-                    _mm256_set_m128(_mm_set1_ps(float(b[i].scales[j + 1])), _mm_set1_ps(float(b[i].scales[j]))),
-                    _mm256_set1_ps(d * x.d[xb]));
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), f, acc);
+                const int j      = 8 * h + 2 * k;  // scales j, j + 1
+                const __m256i xv = load_x(x, xb + 4 * h + k);
+                const __m256i s16 =
+                    _mm256_sub_epi16(_mm256_maddubs_epi16(u[k], xv), _mm256_maddubs_epi16(c32, xv));
+                const __m256i scv =
+                    _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc, _mm_add_epi8(pat, _mm_set1_epi8(char(j)))));
+                p[4 * h + k] = _mm256_madd_epi16(s16, scv);
             }
         }
+        const __m256 ds = _mm256_mul_ps(_mm256_set1_ps(fp16_to_fp32(b[i].d)), _mm256_loadu_ps(x.d + xb));
+        acc             = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum_lanes8(p)), ds, acc);
     }
     return hsum(acc);
 }
@@ -194,17 +175,17 @@ float dot_q6_K(int64_t n, const void * w, const q8_act_row & x) {
 struct elem_f32 {
     using T = float;
     static __m512 load(const float * p) { return _mm512_loadu_ps(p); }
-    static float  one(float v) { return v; }
+    static float one(float v) { return v; }
 };
 struct elem_f16 {
     using T = uint16_t;
-    static __m512 load(const uint16_t * p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) p)); }
-    static float  one(uint16_t v) { return fp16_to_fp32(v); }
+    static __m512 load(const uint16_t * p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+    static float one(uint16_t v) { return fp16_to_fp32(v); }
 };
 struct elem_bf16 {
     using T = uint16_t;
     static __m512 load(const uint16_t * p) {
-        const __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *) p));
+        const __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
         return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
     }
     static float one(uint16_t v) { return bf16_to_fp32(v); }
@@ -213,10 +194,9 @@ struct elem_bf16 {
 // Four independent accumulators of 16 lanes hide the FMA latency.
 template <typename E>
 float dot_float(int64_t n, const void * w, const float * x) {
-    const typename E::T * v      = static_cast<const typename E::T *>(w);
-    __m512                acc[4] = { _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
-                                     _mm512_setzero_ps() };
-    int64_t               i      = 0;
+    const typename E::T * v = static_cast<const typename E::T *>(w);
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    int64_t i     = 0;
     for (; i + 64 <= n; i += 64) {
         for (int k = 0; k < 4; ++k) {
             acc[k] = _mm512_fmadd_ps(E::load(v + i + 16 * k), _mm512_loadu_ps(x + i + 16 * k), acc[k]);
@@ -238,25 +218,38 @@ float dot_float(int64_t n, const void * w, const float * x) {
 
 vec_dot_q8_fn vec_dot_q8_simd(ggml_type type) {
     switch (type) {
-        case ggml_type::Q4_0: return dot_q32<block_q4_0, false, false, 8>;
-        case ggml_type::Q4_1: return dot_q32<block_q4_1, true, false, 0>;
-        case ggml_type::Q5_0: return dot_q32<block_q5_0, false, true, 16>;
-        case ggml_type::Q5_1: return dot_q32<block_q5_1, true, true, 0>;
-        case ggml_type::Q8_0: return dot_q8_0;
-        case ggml_type::Q4_K: return dot_q45_K<block_q4_K, false>;
-        case ggml_type::Q5_K: return dot_q45_K<block_q5_K, true>;
-        case ggml_type::Q6_K: return dot_q6_K;
-        default: return nullptr;
+        case ggml_type::Q4_0:
+            return dot_q32<block_q4_0, false, 8>;
+        case ggml_type::Q4_1:
+            return dot_q32<block_q4_1, true, 0>;
+        case ggml_type::Q5_0:
+            return dot_q32<block_q5_0, false, 16>;
+        case ggml_type::Q5_1:
+            return dot_q32<block_q5_1, true, 0>;
+        case ggml_type::Q8_0:
+            return dot_q32<block_q8_0, false, 0>;
+        case ggml_type::Q4_K:
+            return dot_q45_K<block_q4_K, false>;
+        case ggml_type::Q5_K:
+            return dot_q45_K<block_q5_K, true>;
+        case ggml_type::Q6_K:
+            return dot_q6_K;
+        default:
+            return nullptr;
     }
 }
 
 vec_dot_f32_fn vec_dot_f32_simd(ggml_type type) {
 #if defined(__AVX512F__)
     switch (type) {
-        case ggml_type::F32: return dot_float<elem_f32>;
-        case ggml_type::F16: return dot_float<elem_f16>;
-        case ggml_type::BF16: return dot_float<elem_bf16>;
-        default: return nullptr;
+        case ggml_type::F32:
+            return dot_float<elem_f32>;
+        case ggml_type::F16:
+            return dot_float<elem_f16>;
+        case ggml_type::BF16:
+            return dot_float<elem_bf16>;
+        default:
+            return nullptr;
     }
 #else
     return nullptr;
@@ -269,8 +262,12 @@ vec_dot_f32_fn vec_dot_f32_simd(ggml_type type) {
 
 namespace tca {
 
-vec_dot_q8_fn vec_dot_q8_simd(ggml_type) { return nullptr; }
-vec_dot_f32_fn vec_dot_f32_simd(ggml_type) { return nullptr; }
+vec_dot_q8_fn vec_dot_q8_simd(ggml_type) {
+    return nullptr;
+}
+vec_dot_f32_fn vec_dot_f32_simd(ggml_type) {
+    return nullptr;
+}
 
 }  // namespace tca
 

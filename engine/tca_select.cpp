@@ -4,6 +4,7 @@
 #include "tca_select.h"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <numeric>
 
@@ -147,8 +148,8 @@ int64_t tca_select_into(const float * s, int64_t L, const float * p, int n_level
                         int32_t * out) {
     tca_params_check(b, w, alpha);
     tca_config_check(p, n_levels, b, "configuration");
-    if (L < 0) {
-        fail("tca: sequence length %lld is negative", (long long)L);
+    if (L < 0 || L > INT32_MAX) {
+        fail("tca: sequence length %lld is out of range (positions are int32)", (long long)L);
     }
     check_scores(s, L, "scores");
     const int64_t n_blocks = tca_global_len(L, b, w) / b;

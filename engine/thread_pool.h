@@ -33,19 +33,19 @@ class thread_pool {
     void worker_main(int index);
     void run_chunk(int index);
 
-    int                      n_threads_;
+    int n_threads_;
     std::vector<std::thread> workers_;  // [n_threads - 1]; worker k runs chunk k + 1
 
-    std::mutex              mutex_;
+    std::mutex mutex_;
     std::condition_variable wake_;
-    std::atomic<uint64_t>   generation_{ 0 };  // bumped once per region; workers wait for a change
-    std::atomic<int>        n_busy_{ 0 };      // workers still running the current region
-    std::atomic<bool>       stop_{ false };    // set with a last bump of generation_ on destruction
+    std::atomic<uint64_t> generation_{0};  // bumped once per region; workers wait for a change
+    std::atomic<int> n_busy_{0};           // workers still running the current region
+    std::atomic<bool> stop_{false};        // set with a last bump of generation_ on destruction
 
     // The current region, written before generation_ is bumped (release) and read after it is seen.
     const std::function<void(int64_t, int64_t, int)> * fn_ = nullptr;
-    int64_t                                            n_  = 0;
-    std::exception_ptr                                 error_;  // guarded by mutex_
+    int64_t n_                                             = 0;
+    std::exception_ptr error_;  // guarded by mutex_
 };
 
 }  // namespace tca

@@ -16,7 +16,6 @@ import zipfile
 import gguf
 import numpy as np
 import pytest
-
 from tca import _core
 
 T = gguf.GGMLQuantizationType
@@ -80,11 +79,15 @@ def test_dequantize_random_blocks(qtype):
     rng = np.random.default_rng(int(qtype) + 1)
     n_out, n_in = 7, 512
     raw = random_weight(qtype, n_out, n_in, rng)
-    out = _core.dequantize(int(qtype), raw, n_out * n_in).reshape(n_out, n_in)
-    assert_close_fp32(out, reference_dequantize(qtype, raw, n_out, n_in))
+    ref = reference_dequantize(qtype, raw, n_out, n_in)
+    for scalar in (False, True):
+        out = _core.dequantize(int(qtype), raw, n_out * n_in, scalar).reshape(n_out, n_in)
+        assert_close_fp32(out, ref)
 
 
-@pytest.mark.parametrize("qtype", [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.F16, T.BF16], ids=lambda t: t.name)
+@pytest.mark.parametrize(
+    "qtype", [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.F16, T.BF16], ids=lambda t: t.name
+)
 def test_dequantize_of_gguf_quantize(qtype):
     rng = np.random.default_rng(100 + int(qtype))
     x = (rng.standard_normal((5, 256)) * rng.uniform(0.1, 3.0, (5, 1))).astype(np.float32)
@@ -125,7 +128,15 @@ def check_matmul(qtype, n_tok, n_in, n_out, n_threads, scalar, seed):
     assert rel < (2e-2 if quantized_acts else 1e-5)
 
 
-SHAPES = [(1, 576, 31), (3, 256, 3), (17, 1536, 577), (64, 2304, 31), (129, 576, 67), (1, 2304, 577), (9, 256, 45)]
+SHAPES = [
+    (1, 576, 31),
+    (3, 256, 3),
+    (17, 1536, 577),
+    (64, 2304, 31),
+    (129, 576, 67),
+    (1, 2304, 577),
+    (9, 256, 45),
+]
 
 
 @pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
@@ -142,6 +153,19 @@ def test_matmul(qtype, shape_index):
 def test_matmul_scalar_kernels(qtype, n_tok):
     n_in = 512 if block_geometry(qtype)[0] == 256 else 96
     check_matmul(qtype, n_tok, n_in, 13, 2, True, 7 * n_tok + int(qtype))
+
+
+@pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
+def test_simd_kernels_match_scalar(qtype):
+    """Both paths quantize the activations identically, so only the fp32 summation order differs."""
+    rng = np.random.default_rng(17 + int(qtype))
+    n_in = 2304 if block_geometry(qtype)[0] == 256 else 800
+    raw = random_weight(qtype, 29, n_in, rng)
+    x = rng.standard_normal((2, n_in)).astype(np.float32)
+    y_best = _core.matmul(int(qtype), raw, n_in, 29, x, 2).astype(np.float64)
+    y_scalar = _core.matmul(int(qtype), raw, n_in, 29, x, 2, True).astype(np.float64)
+    w = reference_dequantize(qtype, raw, 29, n_in).astype(np.float64)
+    assert (np.abs(y_best - y_scalar) <= error_bound(w, x.astype(np.float64), False)).all()
 
 
 @pytest.mark.parametrize("qtype", [T.Q4_1, T.Q6_K, T.F16], ids=lambda t: t.name)
@@ -196,7 +220,9 @@ def smollm2_reader(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["blk.0.attn_q.weight", "blk.3.ffn_down.weight", "blk.5.ffn_up.weight", "token_embd.weight"])
+@pytest.mark.parametrize(
+    "name", ["blk.0.attn_q.weight", "blk.3.ffn_down.weight", "blk.5.ffn_up.weight", "token_embd.weight"]
+)
 def test_matmul_smollm2_tensors(smollm2_reader, name):
     t = next(t for t in smollm2_reader.tensors if t.name == name)
     n_in, n_out = int(t.shape[0]), int(t.shape[1])

