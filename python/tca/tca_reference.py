@@ -135,6 +135,13 @@ def select(s: np.ndarray, p: np.ndarray, b: int, w: int, alpha: float) -> np.nda
     return np.concatenate(G).astype(np.int32)
 
 
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """|a & b| / |a | b| of two index sets (1 when both are empty): how close two selections are when
+    near-tied scores (fp16 on a GPU) may legitimately swap a few tokens (spec 9)."""
+    a, b = set(np.asarray(a).tolist()), set(np.asarray(b).tolist())
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
 # ---------------------------------------------------------------------------------------------------
 # Section 5: which keys each query attends to
 
