@@ -147,7 +147,7 @@ def _fetch_model(spec: ModelSpec, path: Path) -> None:
 
 def _check_sha256(path: Path, spec: ModelSpec, digest: str) -> bool:
     if spec.sha256 is None:
-        print(f"{path.name}: sha256 {digest} (not pinned)", file=sys.stderr)
+        print(f"{spec.filename}: sha256 {digest} (not pinned)", file=sys.stderr)
         return True
     return digest == spec.sha256
 
