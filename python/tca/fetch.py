@@ -108,12 +108,14 @@ def model_path(name: str = DEFAULT_MODEL) -> str:
     path = cache_dir("models") / spec.filename
     sidecar = path.with_name(path.name + ".sha256")
     if path.exists() and path.stat().st_size == spec.n_bytes:
-        if sidecar.exists() and (spec.sha256 is None or sidecar.read_text().split()[0] == spec.sha256):
+        if sidecar.exists() and (spec.sha256 is None or sidecar.read_text().split()[:1] == [spec.sha256]):
             return str(path)
         digest = _sha256_file(path)
         if _check_sha256(path, spec, digest):
             sidecar.write_text(f"{digest}  {path.name}\n")
             return str(path)
+    path.unlink(missing_ok=True)  # a partial or corrupt file from elsewhere: never used
+    sidecar.unlink(missing_ok=True)
     _fetch_model(spec, path)
     return str(path)
 
@@ -147,7 +149,7 @@ def _fetch_model(spec: ModelSpec, path: Path) -> None:
 
 def _check_sha256(path: Path, spec: ModelSpec, digest: str) -> bool:
     if spec.sha256 is None:
-        print(f"{path.name}: sha256 {digest} (not pinned)", file=sys.stderr)
+        print(f"{spec.filename}: sha256 {digest} (not pinned)", file=sys.stderr)
         return True
     return digest == spec.sha256
 
