@@ -20,13 +20,13 @@ struct attn_plan {
 };
 
 struct attn_params {
-    int           n_head;
-    int           n_head_kv;
-    int           head_dim;
-    float         scale;  // 1/sqrt(head_dim)
-    int64_t       n_q;
-    const float * q;    // [n_q, n_head, head_dim]
-    float *       out;  // [n_q, n_head, head_dim]
+    int n_head;
+    int n_head_kv;
+    int head_dim;
+    float scale;  // 1/sqrt(head_dim)
+    int64_t n_q;
+    const float * q;  // [n_q, n_head, head_dim]
+    float * out;      // [n_q, n_head, head_dim]
 };
 
 // heads: the layer's n_head_kv cache heads; plans: one per KV head. Exact softmax over each query's keys.

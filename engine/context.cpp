@@ -47,16 +47,19 @@ void context::reset() {
 }
 
 void context::attention_layer(int il, int64_t n, const int32_t * pos) {
-    const hparams & hp        = model_.hp;
-    const int64_t   kv_stride = int64_t(hp.n_head_kv) * hp.head_dim;
-    const int       n_group   = hp.n_head / hp.n_head_kv;
-    const float     scale     = 1.0f / std::sqrt(float(hp.head_dim));
+    const hparams & hp      = model_.hp;
+    const int64_t kv_stride = int64_t(hp.n_head_kv) * hp.head_dim;
+    const int n_group       = hp.n_head / hp.n_head_kv;
+    const float scale       = 1.0f / std::sqrt(float(hp.head_dim));
     // The query rows of KV head ih's group at the chunk's last token: [n_group, head_dim].
-    auto q_last = [&](int ih) { return &q_[(size_t(n - 1) * hp.n_head + size_t(ih) * n_group) * hp.head_dim]; };
+    auto q_last = [&](int ih) {
+        return &q_[(size_t(n - 1) * hp.n_head + size_t(ih) * n_group) * hp.head_dim];
+    };
 
     for (int ih = 0; ih < hp.n_head_kv; ++ih) {
-        cache_.append(il, ih, &k_[size_t(ih) * hp.head_dim], &v_[size_t(ih) * hp.head_dim], kv_stride, pos, n);
-        const kv_head & h = cache_.head(il, ih);
+        cache_.append(il, ih, &k_[size_t(ih) * hp.head_dim], &v_[size_t(ih) * hp.head_dim], kv_stride, pos,
+                      n);
+        const kv_head & h          = cache_.head(il, ih);
         keeps_[size_t(ih)].changed = false;
         if (tca_enabled() && n > 1) {
             tca_plan_prefill(tca_, tca_.head_p(il, ih, hp.n_head_kv), h, n, q_last(ih), n_group, hp.head_dim,
@@ -82,8 +85,8 @@ void context::attention_layer(int il, int64_t n, const int32_t * pos) {
     for (int ih = 0; ih < hp.n_head_kv; ++ih) {
         tca_keep & keep = keeps_[size_t(ih)];
         if (n == 1) {
-            tca_decode_compact(tca_, tca_.head_p(il, ih, hp.n_head_kv), cache_.head(il, ih), q_last(ih), n_group,
-                               hp.head_dim, scale, keep);
+            tca_decode_compact(tca_, tca_.head_p(il, ih, hp.n_head_kv), cache_.head(il, ih), q_last(ih),
+                               n_group, hp.head_dim, scale, keep);
         }
         if (keep.changed) {
             cache_.keep(il, ih, keep.keep, keep.n_global);
@@ -97,12 +100,12 @@ void context::eval(const int32_t * tokens, int64_t n, bool logits_all, std::vect
         fail("eval needs at least one token");
     }
     if (n_past_ + n > params_.n_ctx) {
-        fail("%lld tokens after the %lld already in the context do not fit in n_ctx = %d", (long long) n,
-             (long long) n_past_, params_.n_ctx);
+        fail("%lld tokens after the %lld already in the context do not fit in n_ctx = %d", (long long)n,
+             (long long)n_past_, params_.n_ctx);
     }
     for (int64_t i = 0; i < n; ++i) {
         if (tokens[i] < 0 || tokens[i] >= hp.n_vocab) {
-            fail("token id %d at index %lld is out of range [0, %d)", tokens[i], (long long) i, hp.n_vocab);
+            fail("token id %d at index %lld is out of range [0, %d)", tokens[i], (long long)i, hp.n_vocab);
         }
     }
 
@@ -152,8 +155,8 @@ void context::eval(const int32_t * tokens, int64_t n, bool logits_all, std::vect
 
         for (int64_t b = 0; b < n; b += n_ub) {
             const int64_t nb = std::min(n_ub, n - b);
-            float *       xb = &x_[size_t(b * n_embd)];
-            float *       hb = &xn_[size_t(b * n_embd)];
+            float * xb       = &x_[size_t(b * n_embd)];
+            float * hb       = &xn_[size_t(b * n_embd)];
             matmul(l.wo, &attn_[size_t(b * n_q)], nb, hb, pool_);
             op_add(xb, hb, nb * n_embd);
             op_rms_norm(xb, l.ffn_norm, hp.rms_eps, nb, n_embd, hb, pool_);

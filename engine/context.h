@@ -18,11 +18,11 @@ namespace tca {
 enum class attention_mode { dense, tca };
 
 struct context_params {
-    int            n_ctx     = 4096;
-    int            n_threads = 0;    // 0: all cores
-    int            n_batch   = 512;  // tokens per matrix product in prompt processing
+    int n_ctx                = 4096;
+    int n_threads            = 0;    // 0: all cores
+    int n_batch              = 512;  // tokens per matrix product in prompt processing
     attention_mode attention = attention_mode::dense;
-    tca_overrides  tca;  // with attention == tca: run-time b, w, alpha, uniform density
+    tca_overrides tca;  // with attention == tca: run-time b, w, alpha, uniform density
 };
 
 class context {
@@ -41,35 +41,35 @@ class context {
     using layer_hook = std::function<void(int il, const float * q, const float * k, int64_t n)>;
     void set_layer_hook(layer_hook hook) { hook_ = std::move(hook); }
 
-    int64_t          n_past() const { return n_past_; }
-    int              n_ctx() const { return params_.n_ctx; }
-    int              n_threads() const { return pool_.size(); }
+    int64_t n_past() const { return n_past_; }
+    int n_ctx() const { return params_.n_ctx; }
+    int n_threads() const { return pool_.size(); }
     const kv_cache & cache() const { return cache_; }
-    bool             tca_enabled() const { return params_.attention == attention_mode::tca; }
+    bool tca_enabled() const { return params_.attention == attention_mode::tca; }
     const tca_config & tca() const { return tca_; }
 
   private:
     void attention_layer(int il, int64_t n, const int32_t * pos);
 
-    const model &  model_;
+    const model & model_;
     context_params params_;
-    thread_pool    pool_;
-    kv_cache       cache_;
-    tca_config     tca_;  // resolved settings when attention == tca
-    layer_hook     hook_;
-    int64_t        n_past_ = 0;
+    thread_pool pool_;
+    kv_cache cache_;
+    tca_config tca_;  // resolved settings when attention == tca
+    layer_hook hook_;
+    int64_t n_past_ = 0;
 
     // Activations of one eval call, kept between calls to avoid reallocation.
-    std::vector<float> x_;     // [n, n_embd] residual stream
-    std::vector<float> xn_;    // [n, n_embd] normalised input of a block
-    std::vector<float> q_;     // [n, n_head, head_dim]
-    std::vector<float> k_;     // [n, n_head_kv, head_dim]
-    std::vector<float> v_;     // [n, n_head_kv, head_dim]
-    std::vector<float> attn_;  // [n, n_head, head_dim]
-    std::vector<float> gate_;  // [n_batch, n_ff]
-    std::vector<float> up_;    // [n_batch, n_ff]
+    std::vector<float> x_;          // [n, n_embd] residual stream
+    std::vector<float> xn_;         // [n, n_embd] normalised input of a block
+    std::vector<float> q_;          // [n, n_head, head_dim]
+    std::vector<float> k_;          // [n, n_head_kv, head_dim]
+    std::vector<float> v_;          // [n, n_head_kv, head_dim]
+    std::vector<float> attn_;       // [n, n_head, head_dim]
+    std::vector<float> gate_;       // [n_batch, n_ff]
+    std::vector<float> up_;         // [n_batch, n_ff]
     std::vector<attn_plan> plans_;  // [n_head_kv]
-    std::vector<tca_keep>  keeps_;  // [n_head_kv]
+    std::vector<tca_keep> keeps_;   // [n_head_kv]
 };
 
 }  // namespace tca

@@ -43,9 +43,9 @@ enum class ggml_type : uint32_t {
 
 struct ggml_type_traits {
     const char * name;
-    int64_t      block_size;  // elements per block
-    size_t       type_size;   // bytes per block
-    bool         computable;  // the engine can dequantize it and multiply with it
+    int64_t block_size;  // elements per block
+    size_t type_size;    // bytes per block
+    bool computable;     // the engine can dequantize it and multiply with it
 };
 
 // Traits of a raw type id read from a file; nullptr when the id is not a known ggml type.

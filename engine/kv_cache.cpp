@@ -37,9 +37,9 @@ void kv_cache::append(int il, int ih, const float * k, const float * v, int64_t 
 }
 
 void kv_cache::keep(int il, int ih, const std::vector<int32_t> & idx, int64_t n_global) {
-    kv_head &     h = head(il, ih);
-    const size_t  d = size_t(head_dim_);
-    int64_t       j = 0;
+    kv_head & h    = head(il, ih);
+    const size_t d = size_t(head_dim_);
+    int64_t j      = 0;
     for (int32_t i : idx) {
         if (i != j) {  // idx is sorted and unique, so i >= j and rows move only towards the front
             std::copy_n(&h.k[size_t(i) * d], d, &h.k[size_t(j) * d]);
@@ -48,8 +48,8 @@ void kv_cache::keep(int il, int ih, const std::vector<int32_t> & idx, int64_t n_
         }
         ++j;
     }
-    h.n        = j;
-    h.n_global = n_global;
+    h.n               = j;
+    h.n_global        = n_global;
     const int64_t cap = (h.n + k_grow_step - 1) / k_grow_step * k_grow_step;
     if (cap < int64_t(h.pos.size())) {
         h.k.resize(size_t(cap) * d);

@@ -6,7 +6,7 @@ namespace tca {
 
 namespace {
 
-const arch_def * const k_archs[] = { &arch_llama, &arch_qwen2 };
+const arch_def * const k_archs[] = {&arch_llama, &arch_qwen2};
 
 const arch_def & arch_find(const gguf_file & f) {
     const std::string name = f.get_str("general.architecture");
@@ -24,7 +24,7 @@ int hparam_u32(const gguf_file & f, const std::string & key, int64_t max_value) 
     const uint32_t v = f.get_u32(key);
     if (v == 0 || int64_t(v) > max_value) {
         fail("%s: metadata '%s' = %u is out of range [1, %lld]", f.path().c_str(), key.c_str(), v,
-             (long long) max_value);
+             (long long)max_value);
     }
     return int(v);
 }
@@ -42,7 +42,8 @@ void hparams_load_common(const gguf_file & f, hparams & hp) {
     hp.n_ctx_train = hparam_u32(f, a + ".context_length", 1 << 24);
     hp.head_dim    = f.has(a + ".attention.key_length") ? hparam_u32(f, a + ".attention.key_length", 4096)
                                                         : hp.n_embd / hp.n_head;
-    hp.n_rot = f.has(a + ".rope.dimension_count") ? hparam_u32(f, a + ".rope.dimension_count", 4096) : hp.head_dim;
+    hp.n_rot =
+        f.has(a + ".rope.dimension_count") ? hparam_u32(f, a + ".rope.dimension_count", 4096) : hp.head_dim;
     hp.rms_eps   = f.get_f32_or(a + ".attention.layer_norm_rms_epsilon", 1e-5f);
     hp.rope_base = f.get_f32_or(a + ".rope.freq_base", 10000.0f);
 
@@ -59,7 +60,8 @@ void hparams_load_common(const gguf_file & f, hparams & hp) {
              scaling.c_str(), a.c_str());
     }
     if (hp.n_head % hp.n_head_kv != 0) {
-        fail("%s: head_count %d is not a multiple of head_count_kv %d", f.path().c_str(), hp.n_head, hp.n_head_kv);
+        fail("%s: head_count %d is not a multiple of head_count_kv %d", f.path().c_str(), hp.n_head,
+             hp.n_head_kv);
     }
     if (hp.head_dim % 2 != 0 || hp.n_rot % 2 != 0 || hp.n_rot > hp.head_dim) {
         fail("%s: head dimension %d / rope dimension %d must be even with rope <= head", f.path().c_str(),
@@ -82,15 +84,15 @@ const gguf_tensor & tensor_loader::get(const std::string & name) const {
 weight tensor_loader::matrix(const std::string & name, int64_t n_in, int64_t n_out) const {
     const gguf_tensor & t = get(name);
     if (t.n_dims != 2 || t.ne[0] != n_in || t.ne[1] != n_out) {
-        fail("%s: tensor '%s' has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld]", file_.path().c_str(),
-             name.c_str(), (long long) t.ne[0], (long long) t.ne[1], (long long) t.ne[2], (long long) t.ne[3],
-             (long long) n_in, (long long) n_out);
+        fail("%s: tensor '%s' has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld]",
+             file_.path().c_str(), name.c_str(), (long long)t.ne[0], (long long)t.ne[1], (long long)t.ne[2],
+             (long long)t.ne[3], (long long)n_in, (long long)n_out);
     }
     if (!ggml_traits(t.type).computable) {
         fail("%s: tensor '%s' has type %s, which this engine cannot compute with", file_.path().c_str(),
              name.c_str(), ggml_traits(t.type).name);
     }
-    return weight{ t.type, n_in, n_out, t.data };
+    return weight{t.type, n_in, n_out, t.data};
 }
 
 const float * tensor_loader::vector(const std::string & name, int64_t n, bool optional) const {
@@ -100,7 +102,7 @@ const float * tensor_loader::vector(const std::string & name, int64_t n, bool op
     const gguf_tensor & t = get(name);
     if (t.n_dims != 1 || t.ne[0] != n || t.type != ggml_type::F32) {
         fail("%s: tensor '%s' must be an F32 vector of %lld elements (has %s, %lld elements)",
-             file_.path().c_str(), name.c_str(), (long long) n, ggml_traits(t.type).name, (long long) t.ne[0]);
+             file_.path().c_str(), name.c_str(), (long long)n, ggml_traits(t.type).name, (long long)t.ne[0]);
     }
     if (reinterpret_cast<uintptr_t>(t.data) % alignof(float) != 0) {
         fail("%s: tensor '%s' is not aligned for F32 access", file_.path().c_str(), name.c_str());
@@ -109,9 +111,9 @@ const float * tensor_loader::vector(const std::string & name, int64_t n, bool op
 }
 
 void tensors_load_common(const tensor_loader & tl, model & m, bool with_qkv_bias) {
-    const hparams & hp   = m.hp;
-    const int64_t   n_q  = int64_t(hp.n_head) * hp.head_dim;
-    const int64_t   n_kv = int64_t(hp.n_head_kv) * hp.head_dim;
+    const hparams & hp = m.hp;
+    const int64_t n_q  = int64_t(hp.n_head) * hp.head_dim;
+    const int64_t n_kv = int64_t(hp.n_head_kv) * hp.head_dim;
 
     m.tok_embd    = tl.matrix("token_embd.weight", hp.n_embd, hp.n_vocab);
     m.output_norm = tl.vector("output_norm.weight", hp.n_embd);
@@ -121,7 +123,7 @@ void tensors_load_common(const tensor_loader & tl, model & m, bool with_qkv_bias
     m.layers.resize(size_t(hp.n_layer));
     for (int il = 0; il < hp.n_layer; ++il) {
         const std::string p = "blk." + std::to_string(il) + ".";
-        layer_weights &   l = m.layers[size_t(il)];
+        layer_weights & l   = m.layers[size_t(il)];
         l.attn_norm         = tl.vector(p + "attn_norm.weight", hp.n_embd);
         l.wq                = tl.matrix(p + "attn_q.weight", hp.n_embd, n_q);
         l.wk                = tl.matrix(p + "attn_k.weight", hp.n_embd, n_kv);
@@ -156,8 +158,8 @@ std::unique_ptr<model> model_load(const std::string & path, bool vocab_only) {
     }
     m->hp.n_vocab = int(embd->ne[1]);
     if (m->hp.n_vocab < m->vocab->n_tokens()) {
-        fail("%s: token_embd.weight has %d rows but the vocabulary has %d tokens", path.c_str(), m->hp.n_vocab,
-             m->vocab->n_tokens());
+        fail("%s: token_embd.weight has %d rows but the vocabulary has %d tokens", path.c_str(),
+             m->hp.n_vocab, m->vocab->n_tokens());
     }
     arch.load_tensors(tensor_loader(*m->file, *m), *m);
     m->has_tca = tca_config_read(*m->file, m->hp.n_layer, m->hp.n_head_kv, m->tca);

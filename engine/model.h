@@ -20,45 +20,45 @@ enum class rope_style {
 
 struct hparams {
     std::string arch;
-    int         n_layer     = 0;
-    int         n_embd      = 0;
-    int         n_head      = 0;
-    int         n_head_kv   = 0;
-    int         head_dim    = 0;
-    int         n_ff        = 0;
-    int         n_vocab     = 0;
-    int         n_ctx_train = 0;
-    int         n_rot       = 0;  // rotated dims per head (<= head_dim)
-    float       rms_eps     = 1e-5f;
-    float       rope_base   = 10000.0f;
-    float       rope_scale  = 1.0f;  // linear scaling: positions are multiplied by this
-    rope_style  rope        = rope_style::adjacent;
+    int n_layer      = 0;
+    int n_embd       = 0;
+    int n_head       = 0;
+    int n_head_kv    = 0;
+    int head_dim     = 0;
+    int n_ff         = 0;
+    int n_vocab      = 0;
+    int n_ctx_train  = 0;
+    int n_rot        = 0;  // rotated dims per head (<= head_dim)
+    float rms_eps    = 1e-5f;
+    float rope_base  = 10000.0f;
+    float rope_scale = 1.0f;  // linear scaling: positions are multiplied by this
+    rope_style rope  = rope_style::adjacent;
 };
 
 struct layer_weights {
     const float * attn_norm = nullptr;  // [n_embd]
-    weight        wq, wk, wv, wo;       // [n_head*head_dim, n_embd] ... wo: [n_embd, n_head*head_dim]
-    const float * bq = nullptr;         // [n_head*head_dim] (qwen2), else null
-    const float * bk = nullptr;         // [n_head_kv*head_dim]
-    const float * bv = nullptr;
-    const float * ffn_norm = nullptr;   // [n_embd]
-    weight        ffn_gate, ffn_up;     // [n_ff, n_embd]
-    weight        ffn_down;             // [n_embd, n_ff]
+    weight wq, wk, wv, wo;              // [n_head*head_dim, n_embd] ... wo: [n_embd, n_head*head_dim]
+    const float * bq       = nullptr;   // [n_head*head_dim] (qwen2), else null
+    const float * bk       = nullptr;   // [n_head_kv*head_dim]
+    const float * bv       = nullptr;
+    const float * ffn_norm = nullptr;  // [n_embd]
+    weight ffn_gate, ffn_up;           // [n_ff, n_embd]
+    weight ffn_down;                   // [n_embd, n_ff]
 };
 
 struct model {
     std::unique_ptr<gguf_file> file;
     std::unique_ptr<tca::vocab> vocab;
-    hparams                    hp;
-    weight                     tok_embd;     // [n_vocab, n_embd]
-    const float *              output_norm = nullptr;
-    weight                     output;       // [n_vocab, n_embd]; tok_embd when tied
-    const float *              rope_freqs  = nullptr;  // [n_rot/2] frequency divisors (Llama 3.1), or null
+    hparams hp;
+    weight tok_embd;  // [n_vocab, n_embd]
+    const float * output_norm = nullptr;
+    weight output;                       // [n_vocab, n_embd]; tok_embd when tied
+    const float * rope_freqs = nullptr;  // [n_rot/2] frequency divisors (Llama 3.1), or null
     std::vector<layer_weights> layers;
-    bool                       has_tca     = false;  // tca.* metadata present (validated on load)
-    tca_config                 tca;
-    int64_t                    n_params    = 0;
-    size_t                     n_bytes     = 0;  // bytes of all tensors
+    bool has_tca = false;  // tca.* metadata present (validated on load)
+    tca_config tca;
+    int64_t n_params = 0;
+    size_t n_bytes   = 0;  // bytes of all tensors
 };
 
 // Loads a model; vocab_only stops after the tokenizer and metadata (a vocab-only GGUF has no tensors).
@@ -80,7 +80,7 @@ class tensor_loader {
     const gguf_tensor & get(const std::string & name) const;
 
     const gguf_file & file_;
-    model &           model_;
+    model & model_;
 };
 
 // One architecture: reads its hyper-parameters and binds its tensors (models/<arch>.cpp).

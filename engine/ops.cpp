@@ -11,9 +11,9 @@ void op_rms_norm(const float * x, const float * g, float eps, int64_t n_rows, in
     pool.parallel_for(n_rows, [&](int64_t begin, int64_t end, int) {
         for (int64_t r = begin; r < end; ++r) {
             const float * xr = x + r * n_cols;
-            float *       yr = out + r * n_cols;
-            const float   ss = vec_dot(xr, xr, n_cols);
-            const float   s  = 1.0f / std::sqrt(ss / float(n_cols) + eps);
+            float * yr       = out + r * n_cols;
+            const float ss   = vec_dot(xr, xr, n_cols);
+            const float s    = 1.0f / std::sqrt(ss / float(n_cols) + eps);
             for (int64_t c = 0; c < n_cols; ++c) {
                 yr[c] = xr[c] * s * g[c];
             }
@@ -53,7 +53,7 @@ void rope_table_init(rope_table & t, const int32_t * pos, int64_t n_tok, int n_r
             inv_freq /= freq_factors[i];
         }
         for (int64_t r = 0; r < n_tok; ++r) {
-            const double a                = double(pos[r]) * inv_freq;
+            const double a              = double(pos[r]) * inv_freq;
             t.cos[size_t(r) * half + i] = float(std::cos(a));
             t.sin[size_t(r) * half + i] = float(std::sin(a));
         }
@@ -68,12 +68,12 @@ void op_rope(float * x, int64_t n_tok, int n_head, int head_dim, const rope_tabl
         for (int h = 0; h < n_head; ++h) {
             float * v = x + (r * n_head + h) * head_dim;
             for (int i = 0; i < half; ++i) {
-                const int   i0 = adjacent ? 2 * i : i;
-                const int   i1 = adjacent ? 2 * i + 1 : i + half;
-                const float a  = v[i0];
-                const float b  = v[i1];
-                v[i0]          = a * c[i] - b * s[i];
-                v[i1]          = a * s[i] + b * c[i];
+                const int i0  = adjacent ? 2 * i : i;
+                const int i1  = adjacent ? 2 * i + 1 : i + half;
+                const float a = v[i0];
+                const float b = v[i1];
+                v[i0]         = a * c[i] - b * s[i];
+                v[i1]         = a * s[i] + b * c[i];
             }
         }
     }

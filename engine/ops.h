@@ -24,8 +24,8 @@ void op_swiglu(float * gate, const float * up, int64_t n, thread_pool & pool);
 // Rotary position embedding tables for a batch: cos/sin [n_tok, n_rot/2] of angle
 // pos * scale * base^(-2i/n_rot) / freq_factors[i] (freq_factors may be null).
 struct rope_table {
-    int64_t            n_tok = 0;
-    int                n_rot = 0;
+    int64_t n_tok = 0;
+    int n_rot     = 0;
     std::vector<float> cos;
     std::vector<float> sin;
 };

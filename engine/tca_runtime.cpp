@@ -19,10 +19,10 @@ void plan_dense(const kv_head & h, int64_t n_new, attn_plan & plan) {
 void tca_plan_prefill(const tca_config & cfg, const float * p, const kv_head & h, int64_t n_new,
                       const float * q_last, int n_group, int head_dim, float scale, attn_plan & plan,
                       tca_keep & keep) {
-    keep.changed        = false;
-    const int64_t r0    = h.n_global;   // the uncompacted region [r0, h.n) is where selection happens
-    const int64_t L     = h.n - r0;
-    const int64_t L_g   = tca_global_len(L, cfg.block, cfg.window);
+    keep.changed      = false;
+    const int64_t r0  = h.n_global;  // the uncompacted region [r0, h.n) is where selection happens
+    const int64_t L   = h.n - r0;
+    const int64_t L_g = tca_global_len(L, cfg.block, cfg.window);
     if (L_g <= 0) {
         plan_dense(h, n_new, plan);  // spec 4.2: the region is no longer than w + b - 1: exactly dense
         return;
@@ -64,10 +64,10 @@ void tca_decode_compact(const tca_config & cfg, const float * p, const kv_head &
     if (h.n_recent() < int64_t(cfg.window) + cfg.block) {
         return;
     }
-    const int64_t      b0 = h.n_global;  // the oldest block of the recent region: [b0, b0 + b)
+    const int64_t b0 = h.n_global;  // the oldest block of the recent region: [b0, b0 + b)
     std::vector<float> probs(static_cast<size_t>(cfg.block));
     attention_group_probs(q, n_group, head_dim, scale, h, 0, h.n, b0, b0 + cfg.block, probs.data());
-    const int            t      = tca_decode_keep(p, cfg.n_levels);
+    const int t                 = tca_decode_keep(p, cfg.n_levels);
     std::vector<int32_t> picked = tca_pick_top(probs.data(), cfg.block, t);
     std::sort(picked.begin(), picked.end());
 

@@ -14,9 +14,9 @@ namespace tca {
 // What one head keeps after an attention step: sorted cache indices, of which the first n_global are
 // compacted for good. Empty `keep` with changed == false: keep everything.
 struct tca_keep {
-    bool                 changed  = false;
+    bool changed = false;
     std::vector<int32_t> keep;
-    int64_t              n_global = 0;
+    int64_t n_global = 0;
 };
 
 // A chunk of n_new tokens, already appended to head h, attended by its own queries: when the head's

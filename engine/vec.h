@@ -4,14 +4,14 @@
 #include <cstdint>
 
 #if defined(__AVX2__) || defined(__AVX512F__)
-#    include <immintrin.h>
+#include <immintrin.h>
 #endif
 
 namespace tca {
 
 inline float vec_dot(const float * a, const float * b, int64_t n) {
-    int64_t i   = 0;
-    float   sum = 0.0f;
+    int64_t i = 0;
+    float sum = 0.0f;
 #if defined(__AVX512F__)
     __m512 acc = _mm512_setzero_ps();
     for (; i + 16 <= n; i += 16) {

@@ -13,6 +13,6 @@ static void llama_load_tensors(const tensor_loader & tl, model & m) {
     tensors_load_common(tl, m, /*with_qkv_bias=*/false);
 }
 
-const arch_def arch_llama = { "llama", llama_load_hparams, llama_load_tensors };
+const arch_def arch_llama = {"llama", llama_load_hparams, llama_load_tensors};
 
 }  // namespace tca

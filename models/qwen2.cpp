@@ -12,6 +12,6 @@ static void qwen2_load_tensors(const tensor_loader & tl, model & m) {
     tensors_load_common(tl, m, /*with_qkv_bias=*/true);
 }
 
-const arch_def arch_qwen2 = { "qwen2", qwen2_load_hparams, qwen2_load_tensors };
+const arch_def arch_qwen2 = {"qwen2", qwen2_load_hparams, qwen2_load_tensors};
 
 }  // namespace tca

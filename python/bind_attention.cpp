@@ -26,8 +26,8 @@ std::vector<kv_head> heads_from(const f32_array & k, const f32_array & v) {
         k.shape(2) != v.shape(2)) {
         fail("k and v must both be [n_keys, n_head_kv, head_dim]");
     }
-    const int64_t        n = k.shape(0), n_head_kv = k.shape(1), d = k.shape(2);
-    kv_cache             cache(1, int(n_head_kv), int(d));
+    const int64_t n = k.shape(0), n_head_kv = k.shape(1), d = k.shape(2);
+    kv_cache cache(1, int(n_head_kv), int(d));
     std::vector<int32_t> pos(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) {
         pos[size_t(i)] = int32_t(i);
@@ -45,8 +45,8 @@ std::vector<kv_head> heads_from(const f32_array & k, const f32_array & v) {
 void bind_attention(py::module_ & m) {
     m.def(
         "attention",
-        [](const f32_array & q, const f32_array & k, const f32_array & v, const i64_array & lo, const i64_array & hi,
-           const std::vector<std::vector<int32_t>> & extra, int n_threads) {
+        [](const f32_array & q, const f32_array & k, const f32_array & v, const i64_array & lo,
+           const i64_array & hi, const std::vector<std::vector<int32_t>> & extra, int n_threads) {
             std::vector<kv_head> heads = heads_from(k, v);
             if (q.ndim() != 3 || q.shape(2) != k.shape(2) || q.shape(1) % k.shape(1) != 0) {
                 fail("q must be [n_q, n_head, head_dim] with n_head a multiple of n_head_kv");
@@ -63,20 +63,22 @@ void bind_attention(py::module_ & m) {
                 p.lo.assign(lo.data() + ih * n_q, lo.data() + (ih + 1) * n_q);
                 p.hi.assign(hi.data() + ih * n_q, hi.data() + (ih + 1) * n_q);
                 for (int64_t i = 0; i < n_q; ++i) {
-                    if (p.lo[size_t(i)] < 0 || p.lo[size_t(i)] > p.hi[size_t(i)] || p.hi[size_t(i)] > k.shape(0)) {
-                        fail("query %lld of KV head %lld has an invalid key range", (long long) i, (long long) ih);
+                    if (p.lo[size_t(i)] < 0 || p.lo[size_t(i)] > p.hi[size_t(i)] ||
+                        p.hi[size_t(i)] > k.shape(0)) {
+                        fail("query %lld of KV head %lld has an invalid key range", (long long)i,
+                             (long long)ih);
                     }
                 }
                 for (int32_t e : p.extra) {
                     if (e < 0 || e >= k.shape(0)) {
-                        fail("extra key %d is outside [0, %lld)", e, (long long) k.shape(0));
+                        fail("extra key %d is outside [0, %lld)", e, (long long)k.shape(0));
                     }
                 }
                 if (!std::is_sorted(p.extra.begin(), p.extra.end())) {
-                    fail("extra keys of KV head %lld are not sorted", (long long) ih);
+                    fail("extra keys of KV head %lld are not sorted", (long long)ih);
                 }
             }
-            f32_array   out({ q.shape(0), q.shape(1), q.shape(2) });
+            f32_array out({q.shape(0), q.shape(1), q.shape(2)});
             attn_params ap;
             ap.n_head    = int(q.shape(1));
             ap.n_head_kv = int(n_head_kv);
@@ -91,7 +93,8 @@ void bind_attention(py::module_ & m) {
         },
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("lo"), py::arg("hi"), py::arg("extra"),
         py::arg("n_threads") = 2,
-        "CPU attention core: query i of KV head g attends to keys [lo[g, i], hi[g, i]) plus extra[g] below lo.");
+        "CPU attention core: query i of KV head g attends to keys [lo[g, i], hi[g, i]) plus extra[g] below "
+        "lo.");
 }
 
 }  // namespace tca

@@ -40,7 +40,7 @@ py::dict metadata_of(const gguf_file & f) {
     py::dict d;
     for (const std::string & key : f.keys()) {
         if (f.type_of(key) == gguf_type::ARRAY && f.arr_len(key) > k_metadata_array_max) {
-            d[py::str(key)] = strfmt("[%llu values]", (unsigned long long) f.arr_len(key));
+            d[py::str(key)] = strfmt("[%llu values]", (unsigned long long)f.arr_len(key));
         } else {
             d[py::str(key)] = f.value_to_string(key);
         }
@@ -60,15 +60,18 @@ void bind_model(py::module_ & m) {
         .def_property_readonly("metadata", [](const model & mo) { return metadata_of(*mo.file); })
         .def_property_readonly("path", [](const model & mo) { return mo.file->path(); })
         .def_property_readonly("vocab_only", [](const model & mo) { return mo.layers.empty(); })
-        .def_property_readonly("arch", [](const model & mo) { return mo.file->get_str_or("general.architecture", ""); })
-        .def_property_readonly("desc", [](const model & mo) {
-            return mo.file->get_str_or("general.name", mo.file->get_str_or("general.architecture", "?"));
-        })
+        .def_property_readonly(
+            "arch", [](const model & mo) { return mo.file->get_str_or("general.architecture", ""); })
+        .def_property_readonly("desc",
+                               [](const model & mo) {
+                                   return mo.file->get_str_or(
+                                       "general.name", mo.file->get_str_or("general.architecture", "?"));
+                               })
         .def_property_readonly("n_params", [](const model & mo) { return mo.n_params; })
         .def_property_readonly("size_bytes", [](const model & mo) { return mo.n_bytes; })
-        .def_property_readonly("n_vocab", [](const model & mo) {
-            return mo.layers.empty() ? mo.vocab->n_tokens() : mo.hp.n_vocab;
-        })
+        .def_property_readonly(
+            "n_vocab",
+            [](const model & mo) { return mo.layers.empty() ? mo.vocab->n_tokens() : mo.hp.n_vocab; })
         .def_property_readonly("n_ctx_train", [](const model & mo) { return mo.hp.n_ctx_train; })
         .def_property_readonly("n_layer", [](const model & mo) { return mo.hp.n_layer; })
         .def_property_readonly("n_head", [](const model & mo) { return mo.hp.n_head; })
@@ -78,12 +81,13 @@ void bind_model(py::module_ & m) {
         .def_property_readonly("bos_id", [](const model & mo) { return mo.vocab->bos(); })
         .def_property_readonly("eos_id", [](const model & mo) { return mo.vocab->eos(); })
         .def_property_readonly("add_bos", [](const model & mo) { return mo.vocab->add_bos(); })
-        .def_property_readonly("chat_template", [](const model & mo) -> py::object {
-            if (!mo.file->has("tokenizer.chat_template")) {
-                return py::none();
-            }
-            return py::str(mo.file->get_str("tokenizer.chat_template"));
-        })
+        .def_property_readonly("chat_template",
+                               [](const model & mo) -> py::object {
+                                   if (!mo.file->has("tokenizer.chat_template")) {
+                                       return py::none();
+                                   }
+                                   return py::str(mo.file->get_str("tokenizer.chat_template"));
+                               })
         .def(
             "tokenize",
             [](const model & mo, const py::object & text, bool add_special, bool parse_special) {
@@ -127,23 +131,23 @@ void bind_model(py::module_ & m) {
              py::arg("tca_alpha") = -1.0f, py::arg("tca_density") = -1.0f, py::keep_alive<1, 2>())
         .def_property_readonly("attention",
                                [](const context & c) { return c.tca_enabled() ? "tca" : "dense"; })
-        .def_property_readonly("tca_settings",
-                               [](const context & c) -> py::object {
-                                   if (!c.tca_enabled()) {
-                                       return py::none();
-                                   }
-                                   py::dict d;
-                                   d["block"]  = c.tca().block;
-                                   d["window"] = c.tca().window;
-                                   d["alpha"]  = c.tca().alpha;
-                                   const std::vector<float> & hc = c.tca().head_config;
-                                   py::array_t<float>         p({ int64_t(c.cache().n_layer()),
-                                                                  int64_t(c.cache().n_head_kv()),
-                                                                  int64_t(c.tca().n_levels) });
-                                   std::copy(hc.begin(), hc.end(), p.mutable_data());
-                                   d["head_config"] = p;
-                                   return d;
-                               })
+        .def_property_readonly(
+            "tca_settings",
+            [](const context & c) -> py::object {
+                if (!c.tca_enabled()) {
+                    return py::none();
+                }
+                py::dict d;
+                d["block"]                    = c.tca().block;
+                d["window"]                   = c.tca().window;
+                d["alpha"]                    = c.tca().alpha;
+                const std::vector<float> & hc = c.tca().head_config;
+                py::array_t<float> p({int64_t(c.cache().n_layer()), int64_t(c.cache().n_head_kv()),
+                                      int64_t(c.tca().n_levels)});
+                std::copy(hc.begin(), hc.end(), p.mutable_data());
+                d["head_config"] = p;
+                return d;
+            })
         .def_property_readonly("n_ctx", &context::n_ctx)
         .def_property_readonly("n_past", &context::n_past)
         .def_property_readonly("n_threads", &context::n_threads)
@@ -157,8 +161,8 @@ void bind_model(py::module_ & m) {
                 }
                 const int64_t n_rows  = logits_all ? int64_t(tokens.size()) : 1;
                 const int64_t n_vocab = int64_t(logits.size()) / n_rows;
-                py::array_t<float> out = logits_all ? py::array_t<float>({ n_rows, n_vocab })
-                                                    : py::array_t<float>({ n_vocab });
+                py::array_t<float> out =
+                    logits_all ? py::array_t<float>({n_rows, n_vocab}) : py::array_t<float>({n_vocab});
                 std::copy(logits.begin(), logits.end(), out.mutable_data());
                 return out;
             },
@@ -167,9 +171,9 @@ void bind_model(py::module_ & m) {
         .def("kv_head_tokens",
              [](const context & c) {
                  // [n_layer, n_head_kv, 2]: tokens held and, of those, compacted (global) tokens per head
-                 const kv_cache &     kv = c.cache();
-                 py::array_t<int64_t> out({ int64_t(kv.n_layer()), int64_t(kv.n_head_kv()), int64_t(2) });
-                 int64_t *            o = out.mutable_data();
+                 const kv_cache & kv = c.cache();
+                 py::array_t<int64_t> out({int64_t(kv.n_layer()), int64_t(kv.n_head_kv()), int64_t(2)});
+                 int64_t * o = out.mutable_data();
                  for (int il = 0; il < kv.n_layer(); ++il) {
                      for (int ih = 0; ih < kv.n_head_kv(); ++ih) {
                          *o++ = kv.head(il, ih).n;
@@ -191,8 +195,8 @@ void bind_model(py::module_ & m) {
             py::arg("layer"), py::arg("kv_head"))
         .def("kv_stats", [](const context & c) {
             const kv_cache & kv = c.cache();
-            py::dict         d;
-            py::list         per_layer;
+            py::dict d;
+            py::list per_layer;
             for (int il = 0; il < kv.n_layer(); ++il) {
                 per_layer.append(kv.n_tokens(il));
             }

@@ -3,10 +3,9 @@ boolean mask, and whole models with sparse prefill and compacting decode against
 
 import numpy as np
 import pytest
-from tca_model_reference import TcaAttention
-
 from tca import TcaError, _core, reference
 from tca import tca_reference as tr
+from tca_model_reference import TcaAttention
 
 
 def masked_attention(q, k, v, mask):
@@ -35,7 +34,9 @@ def test_attention_core_equals_masked_attention(n_q, n_k, n_head, n_head_kv, d):
     v = rng.standard_normal((n_k, n_head_kv, d)).astype(np.float32)
     hi = np.sort(rng.integers(1, n_k + 1, size=(n_head_kv, n_q)), axis=1)
     lo = (hi * rng.uniform(0, 1, size=hi.shape)).astype(np.int64)
-    extra = [np.sort(rng.choice(n_k, size=rng.integers(0, n_k // 3 + 1), replace=False)) for _ in range(n_head_kv)]
+    extra = [
+        np.sort(rng.choice(n_k, size=rng.integers(0, n_k // 3 + 1), replace=False)) for _ in range(n_head_kv)
+    ]
     mask = np.zeros((n_head_kv, n_q, n_k), dtype=bool)
     for g in range(n_head_kv):
         for i in range(n_q):
@@ -69,7 +70,14 @@ def test_tca_model_equals_reference(random_models, name, b, w, density, alpha):
     n_prompt, n_decode = 90, 40
     tokens = np.random.default_rng(5).integers(0, 280, size=n_prompt + n_decode).tolist()
     got, ctx = run_engine(
-        path, tokens, n_prompt, attention="tca", tca_block=b, tca_window=w, tca_alpha=alpha, tca_density=density
+        path,
+        tokens,
+        n_prompt,
+        attention="tca",
+        tca_block=b,
+        tca_window=w,
+        tca_alpha=alpha,
+        tca_density=density,
     )
     settings = ctx.tca_settings
     ref_attn = TcaAttention(settings["head_config"], n_prompt, b, w, alpha)
@@ -89,7 +97,9 @@ def test_cache_sizes_follow_the_formula(random_models):
     path = random_models["llama-gqa3"]
     b, w, density, n_prompt = 8, 16, 0.25, 100
     model = _core.Model(path)
-    ctx = _core.Context(model, n_ctx=512, n_threads=2, attention="tca", tca_block=b, tca_window=w, tca_density=density)
+    ctx = _core.Context(
+        model, n_ctx=512, n_threads=2, attention="tca", tca_block=b, tca_window=w, tca_density=density
+    )
     ctx.eval(list(range(n_prompt)))
     p = ctx.tca_settings["head_config"][0, 0]
     for n_past in range(n_prompt, n_prompt + 3 * b + 5):
@@ -105,7 +115,10 @@ def test_cache_sizes_follow_the_formula(random_models):
     assert stats["bytes"] < 0.7 * stats["dense_bytes"]
 
 
-@pytest.mark.parametrize("settings", [dict(tca_density=1.0, tca_block=8, tca_window=16), dict(tca_density=0.2, tca_block=8, tca_window=64)])
+@pytest.mark.parametrize(
+    "settings",
+    [dict(tca_density=1.0, tca_block=8, tca_window=16), dict(tca_density=0.2, tca_block=8, tca_window=64)],
+)
 def test_tca_equals_dense_when_all_dense_or_short(random_models, settings):
     """All heads dense (density 1), or a prompt no longer than the window: exactly dense attention."""
     path = random_models["qwen2-gqa4"]
