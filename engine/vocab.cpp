@@ -36,9 +36,12 @@ struct pre_entry {
     bool add_bos;  // default of tokenizer.ggml.add_bos_token
 };
 const pre_entry pre_table[] = {
-    {"llama-bpe", pretokenizer::llama3, true, true}, {"llama3", pretokenizer::llama3, true, true},
-    {"llama-v3", pretokenizer::llama3, true, true},  {"qwen2", pretokenizer::qwen2, false, false},
-    {"smollm", pretokenizer::smollm, false, false},  {"gpt-2", pretokenizer::gpt2, false, false},
+    {"llama-bpe", pretokenizer::llama3, true, true},  // Llama 3 and 3.x
+    {"llama3", pretokenizer::llama3, true, true},     // older names of the same
+    {"llama-v3", pretokenizer::llama3, true, true},   // older names of the same
+    {"qwen2", pretokenizer::qwen2, false, false},     // Qwen2, Qwen2.5
+    {"smollm", pretokenizer::smollm, false, false},   // SmolLM, SmolLM2
+    {"gpt-2", pretokenizer::gpt2, false, false},      // GPT-2
 };
 
 // Tokens that end generation, recognized by their text (models rarely mark them otherwise), in order
@@ -102,10 +105,8 @@ std::unique_ptr<vocab> vocab::from_gguf(const gguf_file & f) {
     } else if (model == "gpt2") {
         v->type_ = vocab_type::bpe;
     } else {
-        fail(
-            "%s: %s = '%s' is not supported (supported: 'llama' for SentencePiece, 'gpt2' for byte-level "
-            "BPE)",
-            f.path().c_str(), kv_model, model.c_str());
+        fail("%s: %s = '%s' is not supported (only 'llama': SentencePiece, 'gpt2': byte-level BPE)",
+             f.path().c_str(), kv_model, model.c_str());
     }
     v->load_tokens(f);
 

@@ -15,8 +15,15 @@
 //     part of the model, and a wrong one degrades it quietly.
 //   - detokenize concatenates the pieces exactly (no clean-up of spaces before punctuation), so that
 //     detokenize(tokenize(x)) == x; for SentencePiece it drops the space tokenize prefixed.
-//   - Invalid UTF-8 input keeps its bytes (as byte tokens) instead of becoming U+FFFD.
-//   - A "gpt2" vocabulary without tokenizer.ggml.bos_token_id / eos_token_id has none (-1).
+//   - Invalid UTF-8 input keeps its bytes (as byte tokens) instead of becoming U+FFFD. A byte the
+//     vocabulary has no token for (SmolLM2 lacks 0xC0, 0xFF, ...) is dropped, as by the model's own
+//     tokenizer.
+//   - SentencePiece merges never form control, unknown, byte or unused tokens from plain text (so "<s>"
+//     typed by a user stays text), as SentencePiece itself.
+//   - Out-of-range ids in the metadata, malformed merges and unknown token types are errors naming the
+//     key, not warnings. A "gpt2" vocabulary without bos/eos ids has none (-1), not llama.cpp's 11.
+//   - End of generation: eos, eot, eom and tokens named like them; not llama.cpp's fill-in-the-middle
+//     tokens (<|fim_pad|>, <|repo_name|>, ...).
 #pragma once
 
 #include <cstdint>
