@@ -36,12 +36,15 @@ struct pre_entry {
     bool add_bos;  // default of tokenizer.ggml.add_bos_token
 };
 const pre_entry pre_table[] = {
-    {"llama-bpe", pretokenizer::llama3, true, true},  // Llama 3 and 3.x
-    {"llama3", pretokenizer::llama3, true, true},     // older names of the same
-    {"llama-v3", pretokenizer::llama3, true, true},   // older names of the same
-    {"qwen2", pretokenizer::qwen2, false, false},     // Qwen2, Qwen2.5
-    {"smollm", pretokenizer::smollm, false, false},   // SmolLM, SmolLM2
-    {"gpt-2", pretokenizer::gpt2, false, false},      // GPT-2
+    {"llama-bpe", pretokenizer::llama3, true, true},    // Llama 3 and 3.x
+    {"llama3", pretokenizer::llama3, true, true},       // older names of the same
+    {"llama-v3", pretokenizer::llama3, true, true},     // older names of the same
+    {"qwen2", pretokenizer::qwen2, false, false},       // Qwen2, Qwen2.5
+    {"smollm", pretokenizer::smollm, false, false},     // SmolLM, SmolLM2
+    {"starcoder", pretokenizer::smollm, false, false},  // the same split as SmolLM's
+    {"refact", pretokenizer::smollm, false, false},    {"command-r", pretokenizer::smollm, false, false},
+    {"mpt", pretokenizer::gpt2, false, false},    // the same split as GPT-2's
+    {"gpt-2", pretokenizer::gpt2, false, false},  // GPT-2
 };
 
 // Tokens that end generation, recognized by their text (models rarely mark them otherwise), in order
