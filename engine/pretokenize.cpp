@@ -22,9 +22,9 @@ class cpt_piece {
 
     // Code point at i, or 0 outside the piece (0 is in no class the regexes test by value).
     uint32_t cpt(size_t i) const { return i < end_ ? cpts_[i] : 0; }
-    bool     letter(size_t i) const { return i < end_ && flags_[i].is_letter; }
-    bool     number(size_t i) const { return i < end_ && flags_[i].is_number; }
-    bool     space(size_t i) const { return i < end_ && flags_[i].is_whitespace; }
+    bool letter(size_t i) const { return i < end_ && flags_[i].is_letter; }
+    bool number(size_t i) const { return i < end_ && flags_[i].is_number; }
+    bool space(size_t i) const { return i < end_ && flags_[i].is_whitespace; }
     // [^\s\p{L}\p{N}]
     bool other(size_t i) const {
         return i < end_ && !flags_[i].is_whitespace && !flags_[i].is_letter && !flags_[i].is_number;
@@ -41,10 +41,10 @@ class cpt_piece {
     }
 
   private:
-    const std::vector<uint32_t> &          cpts_;
+    const std::vector<uint32_t> & cpts_;
     const std::vector<unicode_cpt_flags> & flags_;
-    size_t                                 begin_;
-    size_t                                 end_;
+    size_t begin_;
+    size_t end_;
 };
 
 uint32_t ascii_lower(uint32_t c) {
@@ -56,7 +56,7 @@ size_t match_contraction(const cpt_piece & p, size_t i, bool ignore_case) {
     if (p.cpt(i) != '\'' || i + 1 >= p.end()) {
         return 0;
     }
-    const auto lower = [&](size_t k) { return ignore_case ? ascii_lower(p.cpt(k)) : p.cpt(k); };
+    const auto lower  = [&](size_t k) { return ignore_case ? ascii_lower(p.cpt(k)) : p.cpt(k); };
     const uint32_t c1 = lower(i + 1);
     if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') {
         return 2;
@@ -164,9 +164,9 @@ void split_piece(const cpt_piece & p, Match match, std::vector<std::pair<size_t,
 }  // namespace
 
 std::vector<text_span> pretokenize(pretokenizer kind, const std::string & text) {
-    const std::vector<utf8_unit>   units = utf8_decode(text);
-    const size_t                   n     = units.size();
-    std::vector<uint32_t>          cpts(n);
+    const std::vector<utf8_unit> units = utf8_decode(text);
+    const size_t n                     = units.size();
+    std::vector<uint32_t> cpts(n);
     std::vector<unicode_cpt_flags> flags(n);
     for (size_t i = 0; i < n; ++i) {
         cpts[i]  = units[i].cpt;
@@ -174,9 +174,11 @@ std::vector<text_span> pretokenize(pretokenizer kind, const std::string & text) 
     }
 
     std::vector<std::pair<size_t, size_t>> words;  // [begin, end) in code points
-    const cpt_piece                        all(cpts, flags, 0, n);
+    const cpt_piece all(cpts, flags, 0, n);
     switch (kind) {
-        case pretokenizer::gpt2: split_piece(all, match_gpt2, words); break;
+        case pretokenizer::gpt2:
+            split_piece(all, match_gpt2, words);
+            break;
         case pretokenizer::llama3:
             split_piece(all, [](const cpt_piece & p, size_t i) { return match_llama3(p, i, 3); }, words);
             break;

@@ -12,9 +12,8 @@ constexpr uint32_t n_bmp   = 0x10000;
 unicode_category category_by_search(uint32_t cpt) {
     const unicode_range * end = unicode_category_ranges + unicode_n_category_ranges;
     // The last range whose start is <= cpt; the table starts at U+0000.
-    const unicode_range * it =
-        std::upper_bound(unicode_category_ranges, end, cpt,
-                         [](uint32_t c, const unicode_range & r) { return c < r.first; });
+    const unicode_range * it = std::upper_bound(
+        unicode_category_ranges, end, cpt, [](uint32_t c, const unicode_range & r) { return c < r.first; });
     return unicode_category((it - 1)->category);
 }
 
@@ -54,7 +53,7 @@ unicode_category unicode_cpt_category(uint32_t cpt) {
 unicode_cpt_flags unicode_cpt_flags_of(uint32_t cpt) {
     using uc                   = unicode_category;
     const unicode_category cat = unicode_cpt_category(cpt);
-    unicode_cpt_flags      f;
+    unicode_cpt_flags f;
     f.is_letter     = cat >= uc::Ll && cat <= uc::Lu;
     f.is_mark       = cat >= uc::Mc && cat <= uc::Mn;
     f.is_number     = cat >= uc::Nd && cat <= uc::No;
@@ -63,7 +62,7 @@ unicode_cpt_flags unicode_cpt_flags_of(uint32_t cpt) {
 }
 
 utf8_unit utf8_decode_one(const char * s, size_t n, size_t offset) {
-    const auto      b0      = (unsigned char) s[offset];
+    const auto b0           = (unsigned char)s[offset];
     const utf8_unit invalid = {unicode_invalid_cpt, uint32_t(offset), 1};
     if (b0 < 0x80) {
         return {b0, uint32_t(offset), 1};
@@ -84,7 +83,7 @@ utf8_unit utf8_decode_one(const char * s, size_t n, size_t offset) {
         return invalid;
     }
     for (uint32_t i = 1; i < len; ++i) {
-        const auto b = (unsigned char) s[offset + i];
+        const auto b = (unsigned char)s[offset + i];
         if (!is_continuation(b)) {
             return invalid;
         }
@@ -138,7 +137,7 @@ bool gpt2_keeps_byte(uint32_t b) {
 const std::vector<uint32_t> & gpt2_byte_table() {
     static const std::vector<uint32_t> table = [] {
         std::vector<uint32_t> t(256);
-        uint32_t              n_moved = 0;
+        uint32_t n_moved = 0;
         for (uint32_t b = 0; b < 256; ++b) {
             t[b] = gpt2_keeps_byte(b) ? b : 0x100 + n_moved++;
         }

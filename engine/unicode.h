@@ -25,13 +25,13 @@ enum class unicode_category : uint8_t {
 // One entry of the generated category table: code points from `first` up to the next entry's start.
 struct unicode_range {
     uint32_t first;
-    uint8_t  category;  // a unicode_category
+    uint8_t category;  // a unicode_category
 };
 
 extern const unicode_range unicode_category_ranges[];
-extern const size_t        unicode_n_category_ranges;
-extern const uint32_t      unicode_white_space[];  // the White_Space property, sorted
-extern const size_t        unicode_n_white_space;
+extern const size_t unicode_n_category_ranges;
+extern const uint32_t unicode_white_space[];  // the White_Space property, sorted
+extern const size_t unicode_n_white_space;
 
 unicode_category unicode_cpt_category(uint32_t cpt);  // Cn for values past U+10FFFF
 
@@ -59,11 +59,11 @@ struct utf8_unit {
 // Decodes one unit at s[offset] (offset < n).
 utf8_unit utf8_decode_one(const char * s, size_t n, size_t offset);
 std::vector<utf8_unit> utf8_decode(const std::string & s);
-std::string            utf8_encode(uint32_t cpt);  // cpt <= U+10FFFF
+std::string utf8_encode(uint32_t cpt);  // cpt <= U+10FFFF
 
 // GPT-2's byte-level alphabet: each byte maps to one printable code point (printable Latin-1 bytes
 // to themselves, the rest to U+0100 + n in byte order), so that BPE pieces are printable strings.
 uint32_t byte_to_gpt2_cpt(uint8_t byte);
-int      gpt2_cpt_to_byte(uint32_t cpt);  // -1 when cpt is not in the alphabet
+int gpt2_cpt_to_byte(uint32_t cpt);  // -1 when cpt is not in the alphabet
 
 }  // namespace tca

@@ -3,6 +3,7 @@
 
 namespace tca {
 
+// clang-format off
 // Sorted by first code point; each range runs up to the next one's start.
 const unicode_range unicode_category_ranges[3968] = {
     {0x000000,  1}, {0x000020, 29}, {0x000021, 21}, {0x000024, 23}, {0x000025, 21}, {0x000028, 22},
@@ -677,5 +678,7 @@ const uint32_t unicode_white_space[25] = {
     0x3000,
 };
 const size_t unicode_n_white_space = 25;
+
+// clang-format on
 
 }  // namespace tca

@@ -13,38 +13,43 @@ namespace tca {
 
 namespace {
 
-constexpr const char * kv_model       = "tokenizer.ggml.model";
-constexpr const char * kv_pre         = "tokenizer.ggml.pre";
-constexpr const char * kv_tokens      = "tokenizer.ggml.tokens";
-constexpr const char * kv_scores      = "tokenizer.ggml.scores";
-constexpr const char * kv_token_type  = "tokenizer.ggml.token_type";
-constexpr const char * kv_add_bos     = "tokenizer.ggml.add_bos_token";
-constexpr const char * kv_add_eos     = "tokenizer.ggml.add_eos_token";
-constexpr const char * kv_space_pref  = "tokenizer.ggml.add_space_prefix";
-constexpr const char * kv_bos_id      = "tokenizer.ggml.bos_token_id";
-constexpr const char * kv_eos_id      = "tokenizer.ggml.eos_token_id";
-constexpr const char * kv_eot_id      = "tokenizer.ggml.eot_token_id";
-constexpr const char * kv_eom_id      = "tokenizer.ggml.eom_token_id";
-constexpr const char * kv_unk_id      = "tokenizer.ggml.unknown_token_id";
-const std::string      spm_space      = "\xE2\x96\x81";  // U+2581, SentencePiece's visible space
+constexpr const char * kv_model      = "tokenizer.ggml.model";
+constexpr const char * kv_pre        = "tokenizer.ggml.pre";
+constexpr const char * kv_tokens     = "tokenizer.ggml.tokens";
+constexpr const char * kv_scores     = "tokenizer.ggml.scores";
+constexpr const char * kv_token_type = "tokenizer.ggml.token_type";
+constexpr const char * kv_add_bos    = "tokenizer.ggml.add_bos_token";
+constexpr const char * kv_add_eos    = "tokenizer.ggml.add_eos_token";
+constexpr const char * kv_space_pref = "tokenizer.ggml.add_space_prefix";
+constexpr const char * kv_bos_id     = "tokenizer.ggml.bos_token_id";
+constexpr const char * kv_eos_id     = "tokenizer.ggml.eos_token_id";
+constexpr const char * kv_eot_id     = "tokenizer.ggml.eot_token_id";
+constexpr const char * kv_eom_id     = "tokenizer.ggml.eom_token_id";
+constexpr const char * kv_unk_id     = "tokenizer.ggml.unknown_token_id";
 
 // The tokenizer.ggml.pre values understood, and their split rule. Llama 3 and its aliases also keep
 // a word that is a whole token unmerged (its tokenizer's ignore_merges).
 struct pre_entry {
     const char * name;
     pretokenizer kind;
-    bool         ignore_merges;
-    bool         add_bos;  // default of tokenizer.ggml.add_bos_token
+    bool ignore_merges;
+    bool add_bos;  // default of tokenizer.ggml.add_bos_token
 };
 const pre_entry pre_table[] = {
-    {"llama-bpe", pretokenizer::llama3, true, true}, {"llama3", pretokenizer::llama3, true, true},
-    {"llama-v3", pretokenizer::llama3, true, true},  {"qwen2", pretokenizer::qwen2, false, false},
-    {"smollm", pretokenizer::smollm, false, false},  {"gpt-2", pretokenizer::gpt2, false, false},
+    {"llama-bpe", pretokenizer::llama3, true, true},    // Llama 3 and 3.x
+    {"llama3", pretokenizer::llama3, true, true},       // older names of the same
+    {"llama-v3", pretokenizer::llama3, true, true},     // older names of the same
+    {"qwen2", pretokenizer::qwen2, false, false},       // Qwen2, Qwen2.5
+    {"smollm", pretokenizer::smollm, false, false},     // SmolLM, SmolLM2
+    {"starcoder", pretokenizer::smollm, false, false},  // the same split as SmolLM's
+    {"refact", pretokenizer::smollm, false, false},    {"command-r", pretokenizer::smollm, false, false},
+    {"mpt", pretokenizer::gpt2, false, false},    // the same split as GPT-2's
+    {"gpt-2", pretokenizer::gpt2, false, false},  // GPT-2
 };
 
 // Tokens that end generation, recognized by their text (models rarely mark them otherwise), in order
 // of preference for the EOT token when tokenizer.ggml.eot_token_id is absent.
-const char * const eot_names[] = {"<|eot_id|>",    "<|im_end|>", "<|end|>",           "<end_of_turn>",
+const char * const eot_names[] = {"<|eot_id|>",    "<|im_end|>", "<|end|>",         "<end_of_turn>",
                                   "<|endoftext|>", "<EOT>",      "<|end_of_text|>", "<end_of_utterance>"};
 const char * const eom_names[] = {"<|eom_id|>"};
 
@@ -75,7 +80,7 @@ int parse_byte_token(const std::string & text) {
     int v = 0;
     for (int i = 3; i < 5; ++i) {
         const char c = text[i];
-        const int  d = (c >= '0' && c <= '9') ? c - '0'
+        const int d  = (c >= '0' && c <= '9')   ? c - '0'
                        : (c >= 'A' && c <= 'F') ? c - 'A' + 10
                        : (c >= 'a' && c <= 'f') ? c - 'a' + 10
                                                 : -1;
@@ -87,7 +92,7 @@ int parse_byte_token(const std::string & text) {
     return v;
 }
 
-void replace_all(std::string & s, const std::string & from, const std::string & to) {
+void replace_all(std::string & s, std::string_view from, std::string_view to) {
     for (size_t pos = s.find(from); pos != std::string::npos; pos = s.find(from, pos + to.size())) {
         s.replace(pos, from.size(), to);
     }
@@ -97,13 +102,13 @@ void replace_all(std::string & s, const std::string & from, const std::string & 
 
 std::unique_ptr<vocab> vocab::from_gguf(const gguf_file & f) {
     std::unique_ptr<vocab> v(new vocab());
-    const std::string      model = f.get_str(kv_model);
+    const std::string model = f.get_str(kv_model);
     if (model == "llama") {
         v->type_ = vocab_type::spm;
     } else if (model == "gpt2") {
         v->type_ = vocab_type::bpe;
     } else {
-        fail("%s: %s = '%s' is not supported (supported: 'llama' for SentencePiece, 'gpt2' for byte-level BPE)",
+        fail("%s: %s = '%s' is not supported (only 'llama': SentencePiece, 'gpt2': byte-level BPE)",
              f.path().c_str(), kv_model, model.c_str());
     }
     v->load_tokens(f);
@@ -200,13 +205,23 @@ void vocab::load_tokens(const gguf_file & f) {
         }
     }
 
+    if (type_ == vocab_type::spm) {
+        spm_words_independent_ = std::none_of(tokens_.begin(), tokens_.end(), [](const token_data & t) {
+            size_t first = 0;  // past the leading U+2581
+            while (t.text.compare(first, spm_space.size(), spm_space) == 0) {
+                first += spm_space.size();
+            }
+            return t.text.find(spm_space, first) != std::string::npos;
+        });
+    }
+
     // The token for each byte: SentencePiece's <0xXX> byte tokens, else the byte itself as a piece;
     // byte-level BPE's one-character tokens of GPT-2's alphabet.
     for (int b = 0; b < 256; ++b) {
         if (type_ == vocab_type::spm) {
             static const char * hex = "0123456789ABCDEF";
-            const std::string   name = {'<', '0', 'x', hex[b >> 4], hex[b & 15], '>'};
-            byte_ids_[b]             = find_token(name);
+            const std::string name  = {'<', '0', 'x', hex[b >> 4], hex[b & 15], '>'};
+            byte_ids_[b]            = find_token(name);
             if (byte_ids_[b] < 0) {
                 byte_ids_[b] = find_token(std::string(1, char(b)));
             }
@@ -222,8 +237,8 @@ int32_t vocab::check_id(const gguf_file & f, const char * key, int32_t fallback)
     }
     const int64_t id = f.get_i64(key);
     if (id < 0 || id >= n_tokens()) {
-        fail("%s: %s = %lld is out of range: the vocabulary has %d tokens", f.path().c_str(), key, (long long) id,
-             n_tokens());
+        fail("%s: %s = %lld is out of range: the vocabulary has %d tokens", f.path().c_str(), key,
+             (long long)id, n_tokens());
     }
     return int32_t(id);
 }
@@ -241,17 +256,19 @@ void vocab::load_special(const gguf_file & f) {
     }
     add_eos_ = f.has(kv_add_eos) ? f.get_bool(kv_add_eos) : false;
     if (add_bos_ && bos_ < 0) {
-        fail("%s: the vocabulary adds a BOS token (%s) but has none (%s)", f.path().c_str(), kv_add_bos, kv_bos_id);
+        fail("%s: the vocabulary adds a BOS token (%s) but has none (%s)", f.path().c_str(), kv_add_bos,
+             kv_bos_id);
     }
     if (add_eos_ && eos_ < 0) {
-        fail("%s: the vocabulary adds an EOS token (%s) but has none (%s)", f.path().c_str(), kv_add_eos, kv_eos_id);
+        fail("%s: the vocabulary adds an EOS token (%s) but has none (%s)", f.path().c_str(), kv_add_eos,
+             kv_eos_id);
     }
 
     // End of generation. Tokens recognized by name act as control tokens whatever their stored type,
     // so that they are neither printed nor matched in plain text.
     eog_.assign(tokens_.size(), false);
     const auto mark_eog = [&](int32_t id) {
-        eog_[id]        = true;
+        eog_[id]         = true;
         tokens_[id].type = token_type::control;
     };
     for (const char * name : eot_names) {
@@ -281,12 +298,11 @@ void vocab::load_special(const gguf_file & f) {
             special_.push_back(id);
         }
     }
-    std::stable_sort(special_.begin(), special_.end(), [&](int32_t a, int32_t b) {
-        return tokens_[a].text.size() > tokens_[b].text.size();
-    });
+    std::stable_sort(special_.begin(), special_.end(),
+                     [&](int32_t a, int32_t b) { return tokens_[a].text.size() > tokens_[b].text.size(); });
 }
 
-int32_t vocab::find_token(const std::string & text) const {
+int32_t vocab::find_token(std::string_view text) const {
     const auto it = token_to_id_.find(text);
     return it == token_to_id_.end() ? -1 : it->second;
 }
@@ -302,8 +318,8 @@ std::vector<int32_t> vocab::tokenize(const std::string & text, bool add_special,
     // The text as fragments: special tokens found in it (token >= 0), and the raw text between them.
     struct fragment {
         int32_t token;
-        size_t  offset;
-        size_t  len;
+        size_t offset;
+        size_t len;
     };
     std::vector<fragment> frags;
     if (!text.empty()) {
@@ -325,7 +341,7 @@ std::vector<int32_t> vocab::tokenize(const std::string & text, bool add_special,
             }
             // Occurrences within this fragment, left to right, not overlapping.
             const std::string_view view(text.data(), fr.offset + fr.len);
-            size_t                 pos = fr.offset;
+            size_t pos = fr.offset;
             for (size_t m = view.find(t.text, pos); m != std::string_view::npos; m = view.find(t.text, pos)) {
                 if (m > pos) {
                     split.push_back({-1, pos, m - pos});
@@ -377,8 +393,8 @@ std::string vocab::token_to_piece(int32_t id, bool special) const {
 
 std::string vocab::detokenize(const std::vector<int32_t> & ids, bool special) const {
     // Undo the space SentencePiece tokenization prefixed to the text and after each special token.
-    const bool  prefixed = type_ == vocab_type::spm && add_space_prefix_;
-    bool        strip    = prefixed;
+    const bool prefixed = type_ == vocab_type::spm && add_space_prefix_;
+    bool strip          = prefixed;
     std::string out;
     for (int32_t id : ids) {
         const std::string piece = token_to_piece(id, special);

@@ -15,13 +15,21 @@
 //     part of the model, and a wrong one degrades it quietly.
 //   - detokenize concatenates the pieces exactly (no clean-up of spaces before punctuation), so that
 //     detokenize(tokenize(x)) == x; for SentencePiece it drops the space tokenize prefixed.
-//   - Invalid UTF-8 input keeps its bytes (as byte tokens) instead of becoming U+FFFD.
-//   - A "gpt2" vocabulary without tokenizer.ggml.bos_token_id / eos_token_id has none (-1).
+//   - Invalid UTF-8 input keeps its bytes (as byte tokens) instead of becoming U+FFFD. A byte the
+//     vocabulary has no token for (SmolLM2 lacks 0xC0, 0xFF, ...) is dropped, as by the model's own
+//     tokenizer.
+//   - SentencePiece merges never form control, unknown, byte or unused tokens from plain text (so "<s>"
+//     typed by a user stays text), as SentencePiece itself.
+//   - Out-of-range ids in the metadata, malformed merges and unknown token types are errors naming the
+//     key, not warnings. A "gpt2" vocabulary without bos/eos ids has none (-1), not llama.cpp's 11.
+//   - End of generation: eos, eot, eom and tokens named like them; not llama.cpp's fill-in-the-middle
+//     tokens (<|fim_pad|>, <|repo_name|>, ...).
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -60,22 +68,22 @@ class vocab {
     int32_t eot() const { return eot_; }
     int32_t eom() const { return eom_; }
     int32_t unk() const { return unk_; }
-    bool    add_bos() const { return add_bos_; }
-    bool    add_eos() const { return add_eos_; }
+    bool add_bos() const { return add_bos_; }
+    bool add_eos() const { return add_eos_; }
     // End of generation: eos, eot, eom and the tokens named like them (<|im_end|>, <|eot_id|>, ...).
-    bool       is_eog(int32_t id) const;
-    bool       is_control(int32_t id) const;
+    bool is_eog(int32_t id) const;
+    bool is_control(int32_t id) const;
     token_type type_of(int32_t id) const;
     const std::string & piece(int32_t id) const;  // the vocabulary string as stored
-    vocab_type          type() const { return type_; }
+    vocab_type type() const { return type_; }
     const std::string & pre() const { return pre_name_; }  // tokenizer.ggml.pre, "" when absent
 
   private:
     struct token_data {
         std::string text;   // as stored in tokenizer.ggml.tokens
         std::string bytes;  // what it stands for in text (token_to_piece with special)
-        float       score;
-        token_type  type;
+        float score;
+        token_type type;
     };
 
     // A merge of byte-level BPE: the ids of its two parts, keyed as (left << 32 | right).
@@ -84,37 +92,45 @@ class vocab {
         int32_t result;  // symbol id of the concatenation
     };
 
-    vocab() = default;
+    vocab()                          = default;
+    vocab(const vocab &)             = delete;  // token_to_id_ views the strings of tokens_
+    vocab & operator=(const vocab &) = delete;
     void load_tokens(const gguf_file & f);
     void load_bpe_merges(const gguf_file & f);
     void load_special(const gguf_file & f);
-    int32_t find_token(const std::string & text) const;  // -1 when absent
+    int32_t find_token(std::string_view text) const;  // -1 when absent
     int32_t check_id(const gguf_file & f, const char * key, int32_t fallback) const;
-    int32_t byte_token(uint8_t byte) const;  // the token standing for one byte, -1 when none
+    int32_t byte_token(uint8_t byte) const;       // the token standing for one byte, -1 when none
     int32_t check_token_range(int32_t id) const;  // id, or throws naming it
 
-    void    tokenize_spm(const std::string & text, std::vector<int32_t> & out) const;
-    void    tokenize_bpe(const std::string & text, std::vector<int32_t> & out) const;
-    void    bpe_word(const std::string & word, std::vector<int32_t> & out) const;
+    void tokenize_spm(const std::string & text, std::vector<int32_t> & out) const;
+    void spm_merge(std::string_view text, std::vector<int32_t> & out) const;
+    void tokenize_bpe(const std::string & text, std::vector<int32_t> & out) const;
+    void bpe_word(const std::string & word, std::vector<int32_t> & out) const;
     int32_t bpe_symbol(const std::string & text);  // symbol id of a merge part, added when new
 
-    vocab_type                               type_ = vocab_type::spm;
-    std::string                              pre_name_;
-    pretokenizer                             pre_ = pretokenizer::gpt2;
-    std::vector<token_data>                  tokens_;         // [n_tokens]
-    std::unordered_map<std::string, int32_t> token_to_id_;    // the last id of each string
-    std::vector<int32_t>                     special_;        // control/user-defined/unknown, longest first
-    std::vector<bool>                        eog_;            // [n_tokens]
-    int32_t                                  byte_ids_[256];  // spm: <0xXX>; bpe: the byte's character
+    static constexpr std::string_view spm_space = "\xE2\x96\x81";  // U+2581, SentencePiece's visible space
+
+    vocab_type type_ = vocab_type::spm;
+    std::string pre_name_;
+    pretokenizer pre_ = pretokenizer::gpt2;
+    std::vector<token_data> tokens_;  // [n_tokens]
+    // The last id of each string; the keys view tokens_[id].text, which never moves after loading.
+    std::unordered_map<std::string_view, int32_t> token_to_id_;
+    std::vector<int32_t> special_;  // control/user-defined/unknown, longest first
+    std::vector<bool> eog_;         // [n_tokens]
+    int32_t byte_ids_[256];         // spm: <0xXX>; bpe: the byte's character
 
     // Byte-level BPE: symbols are the vocabulary ids, then merge parts that are not tokens.
-    std::unordered_map<uint64_t, bpe_merge>  bpe_merges_;
-    std::unordered_map<std::string, int32_t> bpe_extra_;      // text -> symbol id >= n_tokens
-    int32_t                                  bpe_byte_symbols_[256];  // the symbol a word's byte starts as
-    bool                                     ignore_merges_ = false;  // a word that is a token stays whole
+    std::unordered_map<uint64_t, bpe_merge> bpe_merges_;
+    std::unordered_map<std::string, int32_t> bpe_extra_;  // text -> symbol id >= n_tokens
+    int32_t bpe_byte_symbols_[256];                       // the symbol a word's byte starts as
+    bool ignore_merges_ = false;                          // a word that is a token stays whole
+    // SentencePiece: no token has U+2581 after another character, so runs of U+2581 start independent words.
+    bool spm_words_independent_ = false;
 
     int32_t bos_ = -1, eos_ = -1, eot_ = -1, eom_ = -1, unk_ = -1;
-    bool    add_bos_ = false, add_eos_ = false, add_space_prefix_ = false;
+    bool add_bos_ = false, add_eos_ = false, add_space_prefix_ = false;
 };
 
 }  // namespace tca

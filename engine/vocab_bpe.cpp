@@ -20,11 +20,11 @@ uint64_t merge_key(int32_t left, int32_t right) {
 }
 
 struct bpe_symbol_state {
-    int32_t  id;      // symbol id: a token id, a merge part >= n_tokens, or -1 (merges with nothing)
+    int32_t id;       // symbol id: a token id, a merge part >= n_tokens, or -1 (merges with nothing)
     uint32_t offset;  // bytes [offset, offset + len) of the word; len 0 once merged away
     uint32_t len;
-    int32_t  prev;  // neighbours in the chain of live symbols, -1 at the ends
-    int32_t  next;
+    int32_t prev;  // neighbours in the chain of live symbols, -1 at the ends
+    int32_t next;
 };
 
 struct bpe_candidate {
@@ -67,22 +67,22 @@ void vocab::load_bpe_merges(const gguf_file & f) {
     bpe_merges_.reserve(merges.size());
     for (size_t i = 0; i < merges.size(); ++i) {
         // "left right"; the left part is never empty, so the separator is the first space after it.
-        const std::string & m   = merges[i];
-        const size_t        sep = m.size() < 2 ? std::string::npos : m.find(' ', 1);
+        const std::string & m = merges[i];
+        const size_t sep      = m.size() < 2 ? std::string::npos : m.find(' ', 1);
         if (sep == std::string::npos || sep + 1 == m.size()) {
             fail("%s: %s[%zu] = '%s' is not two pieces separated by a space", f.path().c_str(), kv_merges, i,
                  m.c_str());
         }
         const std::string left  = m.substr(0, sep);
         const std::string right = m.substr(sep + 1);
-        const int32_t     l     = bpe_symbol(left);
-        const int32_t     r     = bpe_symbol(right);
+        const int32_t l         = bpe_symbol(left);
+        const int32_t r         = bpe_symbol(right);
         // A repeated pair keeps its first (lowest) rank.
         bpe_merges_.emplace(merge_key(l, r), bpe_merge{int32_t(i), bpe_symbol(left + right)});
     }
     for (int b = 0; b < 256; ++b) {
         const std::string ch = utf8_encode(byte_to_gpt2_cpt(uint8_t(b)));
-        const auto        it = bpe_extra_.find(ch);
+        const auto it        = bpe_extra_.find(ch);
         bpe_byte_symbols_[b] = byte_ids_[b] >= 0 ? byte_ids_[b] : it != bpe_extra_.end() ? it->second : -1;
     }
 }
@@ -119,7 +119,8 @@ void vocab::bpe_word(const std::string & word, std::vector<int32_t> & out) const
         }
         const auto it = bpe_merges_.find(merge_key(symbols[left].id, symbols[right].id));
         if (it != bpe_merges_.end()) {
-            queue.push({it->second.rank, left, right, symbols[left].id, symbols[right].id, it->second.result});
+            queue.push(
+                {it->second.rank, left, right, symbols[left].id, symbols[right].id, it->second.result});
         }
     };
     for (size_t i = 1; i < symbols.size(); ++i) {

@@ -14,14 +14,14 @@ namespace {
 struct spm_symbol {
     uint32_t offset;  // bytes [offset, offset + len) of the escaped text; len 0 once merged away
     uint32_t len;
-    int32_t  prev;  // neighbours in the chain of live symbols, -1 at the ends
-    int32_t  next;
+    int32_t prev;  // neighbours in the chain of live symbols, -1 at the ends
+    int32_t next;
 };
 
 struct spm_bigram {
-    float    score;  // of the merged token
-    int32_t  left;   // symbol index; the right one is symbols[left].next when queued
-    int32_t  right;
+    float score;   // of the merged token
+    int32_t left;  // symbol index; the right one is symbols[left].next when queued
+    int32_t right;
     uint32_t len;  // bytes of the merge: stale when either side has changed since
 };
 
@@ -39,12 +39,31 @@ void vocab::tokenize_spm(const std::string & raw, std::vector<int32_t> & out) co
     text.reserve(raw.size() + raw.size() / 4);
     for (char c : raw) {
         if (c == ' ') {
-            text += "\xE2\x96\x81";
+            text += spm_space;
         } else {
             text += c;
         }
     }
+    if (!spm_words_independent_) {
+        spm_merge(text, out);
+        return;
+    }
+    // No token joins a character to a following U+2581, so merges never cross the start of a run of
+    // U+2581: each stretch from there to the next merges alone, with the same result as the whole text
+    // and a far smaller queue.
+    const std::string_view all(text);
+    size_t begin = 0;
+    for (size_t pos = all.find(spm_space, 1); pos != std::string_view::npos;
+         pos        = all.find(spm_space, pos + 3)) {
+        if (pos < 3 || all.compare(pos - 3, 3, spm_space) != 0) {
+            spm_merge(all.substr(begin, pos - begin), out);
+            begin = pos;
+        }
+    }
+    spm_merge(all.substr(begin), out);
+}
 
+void vocab::spm_merge(std::string_view text, std::vector<int32_t> & out) const {
     // Control, unknown, byte and unused tokens are never formed from text.
     const auto find_piece = [&](uint32_t offset, uint32_t len) -> int32_t {
         const int32_t id = find_token(text.substr(offset, len));
@@ -52,13 +71,16 @@ void vocab::tokenize_spm(const std::string & raw, std::vector<int32_t> & out) co
             return -1;
         }
         const token_type t = tokens_[id].type;
-        return (t == token_type::normal || t == token_type::user_defined || t == token_type::undefined) ? id : -1;
+        return (t == token_type::normal || t == token_type::user_defined || t == token_type::undefined) ? id
+                                                                                                        : -1;
     };
 
     std::vector<spm_symbol> symbols;  // one per code point to start with
-    for (const utf8_unit & u : utf8_decode(text)) {
-        const auto index = int32_t(symbols.size());
+    for (size_t offset = 0; offset < text.size();) {
+        const utf8_unit u = utf8_decode_one(text.data(), text.size(), offset);
+        const auto index  = int32_t(symbols.size());
         symbols.push_back({u.offset, u.len, index - 1, index + 1});
+        offset += u.len;
     }
     if (symbols.empty()) {
         return;
@@ -71,7 +93,7 @@ void vocab::tokenize_spm(const std::string & raw, std::vector<int32_t> & out) co
             return;
         }
         const uint32_t len = symbols[left].len + symbols[right].len;
-        const int32_t  id  = find_piece(symbols[left].offset, len);
+        const int32_t id   = find_piece(symbols[left].offset, len);
         if (id >= 0) {
             queue.push({tokens_[id].score, left, right, len});
         }
@@ -100,8 +122,8 @@ void vocab::tokenize_spm(const std::string & raw, std::vector<int32_t> & out) co
     }
 
     for (int32_t i = 0; i >= 0; i = symbols[i].next) {
-        const spm_symbol & s  = symbols[i];
-        const int32_t      id = find_piece(s.offset, s.len);
+        const spm_symbol & s = symbols[i];
+        const int32_t id     = find_piece(s.offset, s.len);
         if (id >= 0) {
             out.push_back(id);
             continue;

@@ -23,7 +23,9 @@ void bind_vocab(py::module_ & m) {
              py::call_guard<py::gil_scoped_release>())
         .def(
             "token_to_piece",
-            [](const vocab & v, int32_t id, bool special) { return py::bytes(v.token_to_piece(id, special)); },
+            [](const vocab & v, int32_t id, bool special) {
+                return py::bytes(v.token_to_piece(id, special));
+            },
             py::arg("id"), py::arg("special") = false)
         .def(
             "detokenize",
