@@ -18,7 +18,11 @@ void kv_cache::reserve(kv_head & h, int64_t n_needed) {
     if (n_needed <= cap) {
         return;
     }
+    // reserve() allocates exactly what it is asked for; resize() alone would grow geometrically.
     const int64_t new_cap = (n_needed + k_grow_step - 1) / k_grow_step * k_grow_step;
+    h.k.reserve(size_t(new_cap) * head_dim_);
+    h.v.reserve(size_t(new_cap) * head_dim_);
+    h.pos.reserve(size_t(new_cap));
     h.k.resize(size_t(new_cap) * head_dim_);
     h.v.resize(size_t(new_cap) * head_dim_);
     h.pos.resize(size_t(new_cap));
