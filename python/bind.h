@@ -5,5 +5,6 @@
 
 namespace tca {
 
+void bind_sampling(pybind11::module_ & m);
 
 }  // namespace tca

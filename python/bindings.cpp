@@ -19,4 +19,5 @@ PYBIND11_MODULE(_core, m) {
             py::set_error(tca_error, e.what());
         }
     });
+    tca::bind_sampling(m);
 }
