@@ -162,11 +162,13 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     else:
         raise ValueError("no prompt: give -p PROMPT or -f FILE (or -cnv for a conversation)")
     engine = open_engine(args)
+    # The prompt is checked (tokenized, fits the context) before anything is shown.
+    chunks = engine.create_completion(prompt, stop=args.stop, stream=True, **sampling_kwargs(args))
     out = sys.stdout
     if not args.no_display_prompt:
         out.write(prompt)
         out.flush()
-    for chunk in engine.create_completion(prompt, stop=args.stop, stream=True, **sampling_kwargs(args)):
+    for chunk in chunks:
         out.write(chunk["choices"][0]["text"])
         out.flush()
     out.write("\n")
