@@ -19,5 +19,8 @@ PYBIND11_MODULE(_core, m) {
             py::set_error(tca_error, e.what());
         }
     });
+    tca::bind_model(m);
+    tca::bind_gguf(m);
+    tca::bind_tca(m);
     tca::bind_sampling(m);
 }

@@ -1,0 +1,179 @@
+#include "attention.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "fp16.h"
+#include "vec.h"
+
+namespace tca {
+
+namespace {
+
+// Keys of one query, in the order they are visited: extra[0, n_extra) then [lo, hi).
+struct key_list {
+    const int32_t * extra;
+    int64_t         n_extra;
+    int64_t         lo;
+    int64_t         hi;
+
+    int64_t size() const { return n_extra + (hi - lo); }
+    int64_t at(int64_t t) const { return t < n_extra ? extra[t] : lo + (t - n_extra); }
+};
+
+key_list keys_of(const attn_plan & plan, int64_t i) {
+    const int64_t lo = plan.lo[size_t(i)];
+    const int64_t hi = plan.hi[size_t(i)];
+    const auto    m  = std::lower_bound(plan.extra.begin(), plan.extra.end(), int32_t(lo)) - plan.extra.begin();
+    return { plan.extra.data(), int64_t(m), lo, hi };
+}
+
+// Online-softmax partial result of the G heads of a group over a span of keys:
+// out_h = acc_h / l_h, where l_h = sum exp(s - m_h).
+struct partial {
+    std::vector<float> m;    // [G]
+    std::vector<float> l;    // [G]
+    std::vector<float> acc;  // [G, head_dim]
+};
+
+// Attends the G query rows q (row stride head_dim) to keys [t0, t1) of the list.
+void attend_span(const float * q, int n_group, int d, float scale, const kv_head & h, const key_list & keys,
+                 int64_t t0, int64_t t1, partial & st, std::vector<float> & scores, std::vector<float> & row) {
+    const int64_t n = t1 - t0;
+    scores.resize(size_t(n_group) * size_t(n));
+    row.resize(size_t(d));
+    st.m.assign(size_t(n_group), -INFINITY);
+    st.l.assign(size_t(n_group), 0.0f);
+    st.acc.assign(size_t(n_group) * size_t(d), 0.0f);
+    for (int64_t t = 0; t < n; ++t) {
+        fp16_to_fp32_row(&h.k[size_t(keys.at(t0 + t)) * size_t(d)], row.data(), d);
+        for (int g = 0; g < n_group; ++g) {
+            const float s             = vec_dot(q + size_t(g) * d, row.data(), d) * scale;
+            scores[size_t(g) * n + t] = s;
+            st.m[size_t(g)]           = std::max(st.m[size_t(g)], s);
+        }
+    }
+    for (int g = 0; g < n_group; ++g) {
+        float * s = &scores[size_t(g) * n];
+        float   l = 0.0f;
+        for (int64_t t = 0; t < n; ++t) {
+            s[t] = std::exp(s[t] - st.m[size_t(g)]);
+            l += s[t];
+        }
+        st.l[size_t(g)] = l;
+    }
+    for (int64_t t = 0; t < n; ++t) {
+        fp16_to_fp32_row(&h.v[size_t(keys.at(t0 + t)) * size_t(d)], row.data(), d);
+        for (int g = 0; g < n_group; ++g) {
+            vec_axpy(&st.acc[size_t(g) * d], row.data(), scores[size_t(g) * n + t], d);
+        }
+    }
+}
+
+// Folds b into a (both over disjoint key spans of the same queries).
+void merge(partial & a, const partial & b, int n_group, int d) {
+    for (int g = 0; g < n_group; ++g) {
+        const float m  = std::max(a.m[size_t(g)], b.m[size_t(g)]);
+        const float fa = a.m[size_t(g)] == -INFINITY ? 0.0f : std::exp(a.m[size_t(g)] - m);
+        const float fb = b.m[size_t(g)] == -INFINITY ? 0.0f : std::exp(b.m[size_t(g)] - m);
+        a.l[size_t(g)] = a.l[size_t(g)] * fa + b.l[size_t(g)] * fb;
+        a.m[size_t(g)] = m;
+        float *       acc_a = &a.acc[size_t(g) * d];
+        const float * acc_b = &b.acc[size_t(g) * d];
+        for (int c = 0; c < d; ++c) {
+            acc_a[c] = acc_a[c] * fa + acc_b[c] * fb;
+        }
+    }
+}
+
+void write_out(const partial & st, int n_group, int d, float * out) {
+    for (int g = 0; g < n_group; ++g) {
+        // l > 0 whenever the query has at least one key; a query with none (never planned) writes zeros.
+        const float inv = st.l[size_t(g)] > 0.0f ? 1.0f / st.l[size_t(g)] : 0.0f;
+        for (int c = 0; c < d; ++c) {
+            out[size_t(g) * d + c] = st.acc[size_t(g) * d + c] * inv;
+        }
+    }
+}
+
+}  // namespace
+
+void attention_cpu(const attn_params & p, const kv_head * heads, const attn_plan * plans, thread_pool & pool) {
+    const int     d       = p.head_dim;
+    const int     n_group = p.n_head / p.n_head_kv;
+    const int64_t n_items = int64_t(p.n_head_kv) * p.n_q;
+
+    // With few (query, group) pairs - decode - the keys of each pair are split into spans processed in
+    // parallel and merged; with many, each pair is one work item.
+    int64_t n_split = 1;
+    if (n_items < 4 * int64_t(pool.size())) {
+        int64_t n_keys_max = 0;
+        for (int64_t j = 0; j < n_items; ++j) {
+            n_keys_max = std::max(n_keys_max, keys_of(plans[j % p.n_head_kv], j / p.n_head_kv).size());
+        }
+        const int64_t k_min_span = 256;
+        n_split = std::clamp<int64_t>((4 * pool.size() + n_items - 1) / n_items, 1,
+                                      std::max<int64_t>(1, n_keys_max / k_min_span));
+    }
+
+    std::vector<partial> partials(size_t(n_items * n_split));
+    pool.parallel_for(n_items * n_split, [&](int64_t begin, int64_t end, int) {
+        std::vector<float> scores;
+        std::vector<float> row;
+        for (int64_t w = begin; w < end; ++w) {
+            const int64_t   item = w / n_split;
+            const int64_t   part = w % n_split;
+            const int       ig   = int(item % p.n_head_kv);
+            const int64_t   i    = item / p.n_head_kv;
+            const key_list  keys = keys_of(plans[ig], i);
+            const int64_t   n    = keys.size();
+            const int64_t   t0   = n * part / n_split;
+            const int64_t   t1   = n * (part + 1) / n_split;
+            const size_t    row0 = (size_t(i) * p.n_head + size_t(ig) * n_group) * d;
+            attend_span(p.q + row0, n_group, d, p.scale, heads[ig], keys, t0, t1, partials[size_t(w)], scores,
+                        row);
+            if (n_split == 1) {
+                write_out(partials[size_t(w)], n_group, d, p.out + row0);
+            }
+        }
+    });
+    if (n_split > 1) {
+        for (int64_t item = 0; item < n_items; ++item) {
+            partial & st = partials[size_t(item * n_split)];
+            for (int64_t part = 1; part < n_split; ++part) {
+                merge(st, partials[size_t(item * n_split + part)], n_group, d);
+            }
+            const int     ig   = int(item % p.n_head_kv);
+            const int64_t i    = item / p.n_head_kv;
+            write_out(st, n_group, d, p.out + (size_t(i) * p.n_head + size_t(ig) * n_group) * d);
+        }
+    }
+}
+
+void attention_group_probs(const float * q, int n_group, int head_dim, float scale, const kv_head & head,
+                           int64_t norm_begin, int64_t norm_end, int64_t out_begin, int64_t out_end,
+                           float * out) {
+    const int64_t      n = norm_end - norm_begin;
+    std::vector<float> s(static_cast<size_t>(n));
+    std::vector<float> row(static_cast<size_t>(head_dim));
+    std::fill(out, out + (out_end - out_begin), 0.0f);
+    for (int g = 0; g < n_group; ++g) {
+        float m = -INFINITY;
+        for (int64_t t = 0; t < n; ++t) {
+            fp16_to_fp32_row(&head.k[size_t(norm_begin + t) * head_dim], row.data(), head_dim);
+            s[size_t(t)] = vec_dot(q + size_t(g) * head_dim, row.data(), head_dim) * scale;
+            m            = std::max(m, s[size_t(t)]);
+        }
+        double l = 0.0;
+        for (int64_t t = 0; t < n; ++t) {
+            s[size_t(t)] = std::exp(s[size_t(t)] - m);
+            l += s[size_t(t)];
+        }
+        const float w = float(1.0 / (l * n_group));
+        for (int64_t t = out_begin; t < out_end; ++t) {
+            out[t - out_begin] += s[size_t(t - norm_begin)] * w;
+        }
+    }
+}
+
+}  // namespace tca
