@@ -11,7 +11,6 @@ perplexity with its standard error.
 """
 
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -26,7 +25,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("-m", "--model", help="GGUF model file (default: the bundled SmolLM2-135M-Instruct)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("-f", "--file", help="text file to score")
-    src.add_argument("--text", help="a bundled text to score (pydoc or austen, via tca.fetch.text)")
+    src.add_argument("--text", help="a known text to score: pydoc, austen or austen:<novel> (tca.fetch.text)")
     p.add_argument("-c", "--ctx-size", type=int, default=512, help="window length in tokens (512)")
     p.add_argument("-b", "--batch-size", type=int, default=512, help="tokens per batch (512)")
     p.add_argument("-t", "--threads", type=int, default=0, help="threads (0: half the cores)")
@@ -57,11 +56,7 @@ def read_text(args) -> str:
     if args.text is not None:
         from tca import fetch
 
-        text = fetch.text(args.text)
-        if isinstance(text, os.PathLike) or (isinstance(text, str) and os.path.isfile(text)):
-            with open(text, encoding="utf-8") as f:
-                return f.read()
-        return text
+        return fetch.text(args.text)
     if args.file is None:
         raise ValueError("no text: give -f FILE or --text pydoc|austen")
     with open(args.file, encoding="utf-8", errors="replace") as f:

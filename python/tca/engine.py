@@ -74,7 +74,9 @@ class Engine:
         self.n_threads = n_threads
         self.n_batch = n_batch
         self.verbose = verbose
-        self.model = _core.Model(model_path, vocab_only=vocab_only, n_threads=n_threads, device=device)
+        if device != "cpu":
+            raise ValueError(f"device '{device}' is not available: this build runs on 'cpu'")
+        self.model = _core.Model(model_path, vocab_only=vocab_only)
         self.metadata: dict[str, str] = dict(self.model.metadata)
         self.ctx = None
         if not vocab_only:
@@ -158,7 +160,7 @@ class Engine:
         self._last_logits = None
         logits = self.ctx.eval(tokens)
         self._tokens.extend(tokens)
-        self._last_logits = np.array(logits, dtype=np.float32, copy=True)
+        self._last_logits = logits  # a fresh array per call
         return self._last_logits
 
     def _prepare(self, tokens: list[int]) -> tuple[np.ndarray, int]:
