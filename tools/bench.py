@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import Optional
 
+import gguf
 import numpy as np
 from tca.cli import ArgumentParser, run_command
 
@@ -71,6 +72,18 @@ def format_params(n: float) -> str:
     return str(int(n))
 
 
+def model_type(model) -> str:
+    """llama-bench's model column: architecture, size label and quantization, e.g. "llama 135M Q4_1"."""
+    md = model.metadata
+    size = md.get("general.size_label") or format_params(model.n_params).replace(" ", "")
+    try:
+        ftype = gguf.LlamaFileType(int(md["general.file_type"])).name
+        ftype = ftype.removeprefix("MOSTLY_").removeprefix("ALL_")
+    except (KeyError, ValueError):
+        ftype = "?"
+    return f"{model.arch} {size} {ftype}"
+
+
 def run_test(ctx, rng, n_vocab: int, n_prompt: int, n_gen: int, n_depth: int, n_batch: int) -> float:
     """One timed run from an empty cache; tokens per second."""
     ctx.reset()
@@ -123,7 +136,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
                         rows.append(
                             {
                                 "model_filename": engine.model_path,
-                                "model_type": model.desc,
+                                "model_type": model_type(model),
                                 "model_size": model.size_bytes,
                                 "model_n_params": model.n_params,
                                 "backend": args.device.upper(),
