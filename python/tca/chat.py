@@ -38,16 +38,16 @@ def _print_stats(timings: dict) -> None:
 
 def run_repl(args: argparse.Namespace) -> int:
     """The REPL loop; args from build_parser() or from tca-run's -cnv (where -p is the system prompt)."""
-    try:
-        import readline  # noqa: F401  (input() gains line editing and history)
-    except ImportError:
-        pass
     engine = open_engine(args)
     system = args.system_prompt or getattr(args, "prompt", None)
     start = [{"role": "system", "content": system}] if system else []
     messages = list(start)
     interactive = sys.stdin.isatty()
     if interactive:
+        try:
+            import readline  # noqa: F401  (input() gains line editing and history)
+        except ImportError:
+            pass
         print(f"tca-chat: {HELP}.", file=sys.stderr)
     while True:
         try:
