@@ -10,12 +10,13 @@ import time
 from tca.chat import build_parser
 
 STATS = re.compile(r"\[prompt (\d+) tokens: (\d+) reused, (\d+) evaluated")
-FLAGS = ["--temp", "0", "-c", "1024", "-t", "2", "--stats"]
+FLAGS = ["--temp", "0", "-c", "1024", "-t", "2"]
+SYSTEM = ["-sys", "You are a helpful assistant."]  # see QUESTION in test_engine.py
 
 
 def chat(stdin, *args, timeout=300):
     return subprocess.run(
-        [sys.executable, "-m", "tca.chat", *FLAGS, *args],
+        [sys.executable, "-m", "tca.chat", "--stats", *FLAGS, *args],
         input=stdin,
         capture_output=True,
         text=True,
@@ -33,7 +34,7 @@ def test_parse_flags():
 
 
 def test_two_turns_reuse_the_cache():
-    r = chat("What is the capital of France?\nAnd what is the capital of Germany?\n", "-n", "48")
+    r = chat("What is the capital of France?\nAnd what is the capital of Germany?\n", "-n", "48", *SYSTEM)
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout and "Berlin" in r.stdout
     (n1, reused1, eval1), (n2, reused2, eval2) = stats(r.stderr)
@@ -57,7 +58,7 @@ def test_eof_exits_cleanly():
 
 def test_run_cnv_enters_the_repl():
     r = subprocess.run(
-        [sys.executable, "-m", "tca.cli", "-cnv", *FLAGS, "-n", "24"],
+        [sys.executable, "-m", "tca.cli", "-cnv", *FLAGS, *SYSTEM, "-n", "24"],
         input="What is the capital of France?\n",
         capture_output=True,
         text=True,
@@ -69,7 +70,7 @@ def test_run_cnv_enters_the_repl():
 
 def test_ctrl_c_stops_the_answer_not_the_repl():
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tca.chat", *FLAGS, "-n", "400"],
+        [sys.executable, "-m", "tca.chat", "--stats", *FLAGS, "-n", "400"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -80,9 +81,7 @@ def test_ctrl_c_stops_the_answer_not_the_repl():
         assert proc.stdout.read(1)  # the answer has started
         time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
-        proc.stdin.write(b"/exit\n")
-        proc.stdin.close()
-        out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(b"/exit\n", timeout=120)
     finally:
         proc.kill()
     assert proc.returncode == 0, err

@@ -159,7 +159,7 @@ def test_bench_smoke():
         assert len(row["samples_ts"]) == 2 and all(s > 0 and math.isfinite(s) for s in row["samples_ts"])
         assert row["kv_bytes"] > 0 and row["n_threads"] == 2 and row["model_n_params"] > 1e8
     by_test = {row["test"]: row["kv_bytes"] for row in rows}
-    assert by_test["pp24 @ d8"] > by_test["pp24"] > by_test["pp16"]
+    assert by_test["pp24 @ d8"] >= by_test["pp24"] >= by_test["pp16"] > 0
     r = run("tca.tools.bench", "-p", "8", "-n", "2", "-r", "1", "-t", "2")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()

@@ -181,7 +181,12 @@ def test_template_errors():
 
 # -- the engine on a real model -------------------------------------------------------------------
 
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+# SmolLM2's template adds a default system prompt when there is none; with it this 135M Q4_1 model's first
+# answer token is a near tie (0.1 logit), so the tests give their own system prompt.
+QUESTION = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "What is the capital of France?"},
+]
 
 
 @pytest.fixture(scope="module")
