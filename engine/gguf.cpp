@@ -16,54 +16,38 @@ static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the GGUF reader assume
 
 namespace tca {
 
+namespace {
+
+// Name and size in bytes (0: variable) of each value type, indexed by its id.
+struct gguf_type_entry {
+    const char * name;
+    size_t size;
+};
+constexpr gguf_type_entry k_type_table[] = {
+    {"UINT8", 1}, {"INT8", 1},   {"UINT16", 2}, {"INT16", 2},  {"UINT32", 4}, {"INT32", 4},   {"FLOAT32", 4},
+    {"BOOL", 1},  {"STRING", 0}, {"ARRAY", 0},  {"UINT64", 8}, {"INT64", 8},  {"FLOAT64", 8},
+};
+constexpr uint32_t k_n_types = sizeof(k_type_table) / sizeof(k_type_table[0]);
+
+}  // namespace
+
 const char * gguf_type_name(gguf_type type) {
-    switch (type) {
-        case gguf_type::UINT8: return "UINT8";
-        case gguf_type::INT8: return "INT8";
-        case gguf_type::UINT16: return "UINT16";
-        case gguf_type::INT16: return "INT16";
-        case gguf_type::UINT32: return "UINT32";
-        case gguf_type::INT32: return "INT32";
-        case gguf_type::FLOAT32: return "FLOAT32";
-        case gguf_type::BOOL: return "BOOL";
-        case gguf_type::STRING: return "STRING";
-        case gguf_type::ARRAY: return "ARRAY";
-        case gguf_type::UINT64: return "UINT64";
-        case gguf_type::INT64: return "INT64";
-        case gguf_type::FLOAT64: return "FLOAT64";
-    }
-    return "?";
+    return uint32_t(type) < k_n_types ? k_type_table[uint32_t(type)].name : "?";
 }
 
 size_t gguf_type_size(gguf_type type) {
-    switch (type) {
-        case gguf_type::UINT8:
-        case gguf_type::INT8:
-        case gguf_type::BOOL: return 1;
-        case gguf_type::UINT16:
-        case gguf_type::INT16: return 2;
-        case gguf_type::UINT32:
-        case gguf_type::INT32:
-        case gguf_type::FLOAT32: return 4;
-        case gguf_type::UINT64:
-        case gguf_type::INT64:
-        case gguf_type::FLOAT64: return 8;
-        case gguf_type::STRING:
-        case gguf_type::ARRAY: return 0;
-    }
-    return 0;
+    return uint32_t(type) < k_n_types ? k_type_table[uint32_t(type)].size : 0;
 }
 
 namespace {
-
-constexpr uint32_t k_max_type_id = uint32_t(gguf_type::FLOAT64);
 
 // Smallest possible encodings, used to bound the counts in the header by the bytes that follow.
 constexpr uint64_t k_min_kv_bytes     = 8 + 4 + 1;          // empty key, type, one-byte value
 constexpr uint64_t k_min_tensor_bytes = 8 + 4 + 8 + 4 + 8;  // empty name, n_dims, one ne, type, offset
 
 bool is_unsigned_int(gguf_type t) {
-    return t == gguf_type::UINT8 || t == gguf_type::UINT16 || t == gguf_type::UINT32 || t == gguf_type::UINT64;
+    return t == gguf_type::UINT8 || t == gguf_type::UINT16 || t == gguf_type::UINT32 ||
+           t == gguf_type::UINT64;
 }
 
 bool is_signed_int(gguf_type t) {
@@ -73,13 +57,13 @@ bool is_signed_int(gguf_type t) {
 // Length of the valid UTF-8 sequence at s[i] (RFC 3629: no overlongs, surrogates or code points past
 // U+10FFFF), or 0 when the bytes there are not one.
 size_t utf8_len(const std::string & s, size_t i) {
-    const auto at = [&](size_t k) { return i + k < s.size() ? uint8_t(s[i + k]) : 0; };
-    const auto in = [](uint8_t b, uint8_t lo, uint8_t hi) { return b >= lo && b <= hi; };
+    const auto at    = [&](size_t k) { return i + k < s.size() ? uint8_t(s[i + k]) : 0; };
+    const auto in    = [](uint8_t b, uint8_t lo, uint8_t hi) { return b >= lo && b <= hi; };
     const uint8_t b0 = at(0);
     if (b0 < 0x80) {
         return 1;
     }
-    size_t  n  = 0;
+    size_t n   = 0;
     uint8_t lo = 0x80, hi = 0xbf;  // range of the second byte
     if (in(b0, 0xc2, 0xdf)) {
         n = 2;
@@ -109,7 +93,7 @@ size_t utf8_len(const std::string & s, size_t i) {
 
 std::string gguf_printable(const std::string & s) {
     constexpr size_t k_max_shown = 200;
-    std::string      out;
+    std::string out;
     for (size_t i = 0; i < s.size();) {
         if (out.size() >= k_max_shown) {
             return out + strfmt("...(%zu bytes)", s.size());
@@ -133,10 +117,10 @@ namespace {
 // what was being read (`where`, set by the parser as it goes).
 struct gguf_cursor {
     const std::string & path;
-    const uint8_t *     base;
-    size_t              size;
-    size_t              pos = 0;
-    std::string         where;  // "KV pair 3", "key 'general.name'", "tensor 'output.weight'"
+    const uint8_t * base;
+    size_t size;
+    size_t pos = 0;
+    std::string where;  // "KV pair 3", "key 'general.name'", "tensor 'output.weight'"
 
     size_t left() const { return size - pos; }
 
@@ -176,16 +160,36 @@ struct gguf_cursor {
 // Reads one value of a non-array type into kv.
 void read_scalar(gguf_cursor & c, gguf_type type, gguf_kv & kv) {
     switch (type) {
-        case gguf_type::UINT8: kv.u64 = c.read<uint8_t>("UINT8 value"); break;
-        case gguf_type::UINT16: kv.u64 = c.read<uint16_t>("UINT16 value"); break;
-        case gguf_type::UINT32: kv.u64 = c.read<uint32_t>("UINT32 value"); break;
-        case gguf_type::UINT64: kv.u64 = c.read<uint64_t>("UINT64 value"); break;
-        case gguf_type::INT8: kv.i64 = c.read<int8_t>("INT8 value"); break;
-        case gguf_type::INT16: kv.i64 = c.read<int16_t>("INT16 value"); break;
-        case gguf_type::INT32: kv.i64 = c.read<int32_t>("INT32 value"); break;
-        case gguf_type::INT64: kv.i64 = c.read<int64_t>("INT64 value"); break;
-        case gguf_type::FLOAT32: kv.f64 = c.read<float>("FLOAT32 value"); break;
-        case gguf_type::FLOAT64: kv.f64 = c.read<double>("FLOAT64 value"); break;
+        case gguf_type::UINT8:
+            kv.u64 = c.read<uint8_t>("UINT8 value");
+            break;
+        case gguf_type::UINT16:
+            kv.u64 = c.read<uint16_t>("UINT16 value");
+            break;
+        case gguf_type::UINT32:
+            kv.u64 = c.read<uint32_t>("UINT32 value");
+            break;
+        case gguf_type::UINT64:
+            kv.u64 = c.read<uint64_t>("UINT64 value");
+            break;
+        case gguf_type::INT8:
+            kv.i64 = c.read<int8_t>("INT8 value");
+            break;
+        case gguf_type::INT16:
+            kv.i64 = c.read<int16_t>("INT16 value");
+            break;
+        case gguf_type::INT32:
+            kv.i64 = c.read<int32_t>("INT32 value");
+            break;
+        case gguf_type::INT64:
+            kv.i64 = c.read<int64_t>("INT64 value");
+            break;
+        case gguf_type::FLOAT32:
+            kv.f64 = c.read<float>("FLOAT32 value");
+            break;
+        case gguf_type::FLOAT64:
+            kv.f64 = c.read<double>("FLOAT64 value");
+            break;
         case gguf_type::BOOL:
             // Only 0 and 1 are booleans; any other byte means the file is not what it claims to be.
             kv.u64 = c.read<uint8_t>("BOOL value");
@@ -193,8 +197,11 @@ void read_scalar(gguf_cursor & c, gguf_type type, gguf_kv & kv) {
                 c.fail_here(strfmt("BOOL value byte %" PRIu64 " is neither 0 nor 1", kv.u64));
             }
             break;
-        case gguf_type::STRING: kv.str = c.read_str("STRING value"); break;
-        case gguf_type::ARRAY: break;
+        case gguf_type::STRING:
+            kv.str = c.read_str("STRING value");
+            break;
+        case gguf_type::ARRAY:
+            break;
     }
 }
 
@@ -202,7 +209,7 @@ void read_scalar(gguf_cursor & c, gguf_type type, gguf_kv & kv) {
 // allocated: the getters decode from the mmap later.
 void skip_array(gguf_cursor & c, gguf_kv & kv) {
     const uint32_t elem = c.read<uint32_t>("array element type");
-    if (elem > k_max_type_id) {
+    if (elem >= k_n_types) {
         c.fail_here(strfmt("unknown array element type id %u", elem));
     }
     kv.arr_type = gguf_type(elem);
@@ -215,7 +222,8 @@ void skip_array(gguf_cursor & c, gguf_kv & kv) {
     const size_t elem_size = gguf_type_size(kv.arr_type);
     if (elem_size > 0) {
         if (kv.arr_len > c.left() / elem_size) {
-            c.fail_here(strfmt("array of %" PRIu64 " %s elements (%zu bytes each) runs past the end of the file "
+            c.fail_here(strfmt("array of %" PRIu64
+                               " %s elements (%zu bytes each) runs past the end of the file "
                                "(%zu bytes left at offset %zu)",
                                kv.arr_len, gguf_type_name(kv.arr_type), elem_size, c.left(), c.pos));
         }
@@ -239,7 +247,8 @@ void skip_array(gguf_cursor & c, gguf_kv & kv) {
     }
     for (uint64_t i = 0; i < kv.arr_len; ++i) {
         if (c.left() < 8) {
-            c.fail_here(strfmt("file truncated in string %" PRIu64 " of the array of %" PRIu64, i, kv.arr_len));
+            c.fail_here(
+                strfmt("file truncated in string %" PRIu64 " of the array of %" PRIu64, i, kv.arr_len));
         }
         uint64_t n;
         std::memcpy(&n, c.base + c.pos, 8);
@@ -250,6 +259,55 @@ void skip_array(gguf_cursor & c, gguf_kv & kv) {
                                i, n, c.left(), c.pos));
         }
         c.pos += size_t(n);
+    }
+}
+
+// Reads and checks the rest of a tensor info after its name: n_dims, ne[n_dims], type, offset. Sets
+// n_bytes; the data is placed once the data section's start is known.
+void read_tensor_info(gguf_cursor & c, uint32_t alignment, gguf_tensor & t) {
+    const uint32_t n_dims = c.read<uint32_t>("n_dims");
+    if (n_dims < 1 || n_dims > 4) {
+        c.fail_here(strfmt("n_dims %u is not between 1 and 4", n_dims));
+    }
+    t.n_dims = int(n_dims);
+    for (int d = 0; d < 4; ++d) {
+        t.ne[d] = 1;
+    }
+    for (int d = 0; d < t.n_dims; ++d) {
+        t.ne[d] = c.read<int64_t>("ne");
+        if (t.ne[d] < 0) {
+            c.fail_here(strfmt("ne[%d] = %" PRId64 " is negative", d, t.ne[d]));
+        }
+    }
+    const uint32_t type_id = c.read<uint32_t>("tensor type");
+    t.offset               = c.read<uint64_t>("tensor data offset");
+
+    const ggml_type_traits * tt = ggml_type_traits_get(type_id);
+    if (tt == nullptr) {
+        c.fail_here(strfmt("unknown tensor type id %u", type_id));
+    }
+    t.type = ggml_type(type_id);
+    if (t.ne[0] % tt->block_size != 0) {
+        c.fail_here(strfmt("ne[0] = %" PRId64 " is not a multiple of the block size %" PRId64 " of type %s",
+                           t.ne[0], tt->block_size, tt->name));
+    }
+    int64_t n_elements = 1;
+    for (int d = 0; d < 4; ++d) {
+        if (t.ne[d] != 0 && n_elements > std::numeric_limits<int64_t>::max() / t.ne[d]) {
+            c.fail_here(strfmt("element count overflows: ne = [%" PRId64 ", %" PRId64 ", %" PRId64
+                               ", %" PRId64 "]",
+                               t.ne[0], t.ne[1], t.ne[2], t.ne[3]));
+        }
+        n_elements *= t.ne[d];
+    }
+    const uint64_t n_blocks = uint64_t(n_elements / tt->block_size);
+    if (n_blocks > std::numeric_limits<uint64_t>::max() / tt->type_size) {
+        c.fail_here(strfmt("byte count overflows: %" PRIu64 " blocks of %zu bytes", n_blocks, tt->type_size));
+    }
+    t.n_bytes = n_blocks * tt->type_size;
+    if (t.offset % alignment != 0) {
+        c.fail_here(
+            strfmt("data offset %" PRIu64 " is not a multiple of the alignment %u", t.offset, alignment));
     }
 }
 
@@ -279,11 +337,11 @@ std::unique_ptr<gguf_file> gguf_file::open(const std::string & path) {
         ::close(fd);
         fail("%s: empty file (0 bytes), not a GGUF file", path.c_str());
     }
-    void * map = ::mmap(nullptr, size_t(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
+    void * map          = ::mmap(nullptr, size_t(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
     const int map_errno = errno;
     ::close(fd);
     if (map == MAP_FAILED) {
-        fail("%s: cannot mmap %lld bytes: %s", path.c_str(), (long long) st.st_size, std::strerror(map_errno));
+        fail("%s: cannot mmap %lld bytes: %s", path.c_str(), (long long)st.st_size, std::strerror(map_errno));
     }
 
     std::unique_ptr<gguf_file> f(new gguf_file());
@@ -301,7 +359,7 @@ gguf_file::~gguf_file() {
 }
 
 void gguf_file::parse() {
-    gguf_cursor c{ path_, base_, size_, 0, {} };
+    gguf_cursor c{path_, base_, size_, 0, {}};
 
     // Header: magic, version, tensor count, KV count.
     if (size_ < 4 || std::memcmp(base_, "GGUF", 4) != 0) {
@@ -326,7 +384,8 @@ void gguf_file::parse() {
     const uint64_t n_tensors = c.read<uint64_t>("tensor count");
     const uint64_t n_kv      = c.read<uint64_t>("KV count");
     if (n_kv > c.left() / k_min_kv_bytes) {
-        fail("%s: header claims %" PRIu64 " KV pairs but only %zu bytes follow", path_.c_str(), n_kv, c.left());
+        fail("%s: header claims %" PRIu64 " KV pairs but only %zu bytes follow", path_.c_str(), n_kv,
+             c.left());
     }
     if (n_tensors > c.left() / k_min_tensor_bytes ||
         n_kv * k_min_kv_bytes + n_tensors * k_min_tensor_bytes > c.left()) {
@@ -344,7 +403,7 @@ void gguf_file::parse() {
             c.fail_here("duplicate key");
         }
         const uint32_t type = c.read<uint32_t>("value type");
-        if (type > k_max_type_id) {
+        if (type >= k_n_types) {
             c.fail_here(strfmt("unknown value type id %u", type));
         }
         kv.type = gguf_type(type);
@@ -378,50 +437,7 @@ void gguf_file::parse() {
         if (tensor_index_.count(t.name) != 0) {
             c.fail_here("duplicate tensor name");
         }
-        const uint32_t n_dims = c.read<uint32_t>("n_dims");
-        if (n_dims < 1 || n_dims > 4) {
-            c.fail_here(strfmt("n_dims %u is not between 1 and 4", n_dims));
-        }
-        t.n_dims = int(n_dims);
-        for (int d = 0; d < 4; ++d) {
-            t.ne[d] = 1;
-        }
-        for (int d = 0; d < t.n_dims; ++d) {
-            t.ne[d] = c.read<int64_t>("ne");
-            if (t.ne[d] < 0) {
-                c.fail_here(strfmt("ne[%d] = %" PRId64 " is negative", d, t.ne[d]));
-            }
-        }
-        const uint32_t type_id = c.read<uint32_t>("tensor type");
-        t.offset               = c.read<uint64_t>("tensor data offset");
-
-        const ggml_type_traits * tt = ggml_type_traits_get(type_id);
-        if (tt == nullptr) {
-            c.fail_here(strfmt("unknown tensor type id %u", type_id));
-        }
-        t.type = ggml_type(type_id);
-        if (t.ne[0] % tt->block_size != 0) {
-            c.fail_here(strfmt("ne[0] = %" PRId64 " is not a multiple of the block size %" PRId64 " of type %s",
-                               t.ne[0], tt->block_size, tt->name));
-        }
-        int64_t n_elements = 1;
-        for (int d = 0; d < 4; ++d) {
-            if (t.ne[d] != 0 && n_elements > std::numeric_limits<int64_t>::max() / t.ne[d]) {
-                c.fail_here(strfmt("element count overflows: ne = [%" PRId64 ", %" PRId64 ", %" PRId64
-                                   ", %" PRId64 "]",
-                                   t.ne[0], t.ne[1], t.ne[2], t.ne[3]));
-            }
-            n_elements *= t.ne[d];
-        }
-        const uint64_t n_blocks = uint64_t(n_elements / tt->block_size);
-        if (n_blocks > std::numeric_limits<uint64_t>::max() / tt->type_size) {
-            c.fail_here(strfmt("byte count overflows: %" PRIu64 " blocks of %zu bytes", n_blocks, tt->type_size));
-        }
-        t.n_bytes = n_blocks * tt->type_size;
-        if (t.offset % alignment_ != 0) {
-            c.fail_here(strfmt("data offset %" PRIu64 " is not a multiple of the alignment %u", t.offset,
-                               alignment_));
-        }
+        read_tensor_info(c, alignment_, t);
         tensor_index_.emplace(t.name, tensors_.size());
         tensors_.push_back(std::move(t));
     }
@@ -436,7 +452,8 @@ void gguf_file::parse() {
     for (gguf_tensor & t : tensors_) {
         const uint64_t data_size = size_ - data_pos_;
         if (t.offset > data_size || t.n_bytes > data_size - t.offset) {
-            fail("%s: tensor '%s': data [offset %" PRIu64 ", %" PRIu64 " bytes) lies outside the file (size %zu, "
+            fail("%s: tensor '%s': data [offset %" PRIu64 ", %" PRIu64
+                 " bytes) lies outside the file (size %zu, "
                  "data section at %" PRIu64 ")",
                  path_.c_str(), gguf_printable(t.name).c_str(), t.offset, t.n_bytes, size_, data_pos_);
         }
@@ -481,8 +498,8 @@ namespace {
         fail("%s: key '%s' is ARRAY of %s, expected %s", path.c_str(), gguf_printable(v.key).c_str(),
              gguf_type_name(v.arr_type), expected);
     }
-    fail("%s: key '%s' is %s, expected %s", path.c_str(), gguf_printable(v.key).c_str(), gguf_type_name(v.type),
-         expected);
+    fail("%s: key '%s' is %s, expected %s", path.c_str(), gguf_printable(v.key).c_str(),
+         gguf_type_name(v.type), expected);
 }
 
 // The value of an integer key as a decimal string, for messages.
@@ -512,32 +529,44 @@ std::string quoted(const std::string & s) {
 // One element of a fixed-size array, formatted like a scalar of its type.
 std::string arr_elem_to_string(gguf_type type, const uint8_t * p) {
     union {
-        uint8_t  u8;
-        int8_t   i8;
+        uint8_t u8;
+        int8_t i8;
         uint16_t u16;
-        int16_t  i16;
+        int16_t i16;
         uint32_t u32;
-        int32_t  i32;
+        int32_t i32;
         uint64_t u64;
-        int64_t  i64;
-        float    f32;
-        double   f64;
+        int64_t i64;
+        float f32;
+        double f64;
     } v;
     std::memcpy(&v, p, gguf_type_size(type));
     switch (type) {
-        case gguf_type::UINT8: return std::to_string(v.u8);
-        case gguf_type::INT8: return std::to_string(v.i8);
-        case gguf_type::UINT16: return std::to_string(v.u16);
-        case gguf_type::INT16: return std::to_string(v.i16);
-        case gguf_type::UINT32: return std::to_string(v.u32);
-        case gguf_type::INT32: return std::to_string(v.i32);
-        case gguf_type::UINT64: return std::to_string(v.u64);
-        case gguf_type::INT64: return std::to_string(v.i64);
-        case gguf_type::FLOAT32: return std::to_string(v.f32);
-        case gguf_type::FLOAT64: return std::to_string(v.f64);
-        case gguf_type::BOOL: return v.u8 != 0 ? "true" : "false";
+        case gguf_type::UINT8:
+            return std::to_string(v.u8);
+        case gguf_type::INT8:
+            return std::to_string(v.i8);
+        case gguf_type::UINT16:
+            return std::to_string(v.u16);
+        case gguf_type::INT16:
+            return std::to_string(v.i16);
+        case gguf_type::UINT32:
+            return std::to_string(v.u32);
+        case gguf_type::INT32:
+            return std::to_string(v.i32);
+        case gguf_type::UINT64:
+            return std::to_string(v.u64);
+        case gguf_type::INT64:
+            return std::to_string(v.i64);
+        case gguf_type::FLOAT32:
+            return std::to_string(v.f32);
+        case gguf_type::FLOAT64:
+            return std::to_string(v.f64);
+        case gguf_type::BOOL:
+            return v.u8 != 0 ? "true" : "false";
         case gguf_type::STRING:
-        case gguf_type::ARRAY: break;
+        case gguf_type::ARRAY:
+            break;
     }
     return "?";
 }
@@ -545,8 +574,8 @@ std::string arr_elem_to_string(gguf_type type, const uint8_t * p) {
 }  // namespace
 
 uint32_t gguf_file::get_u32(const std::string & key) const {
-    const gguf_kv & v = kv(key);
-    const uint64_t  max = std::numeric_limits<uint32_t>::max();
+    const gguf_kv & v  = kv(key);
+    const uint64_t max = std::numeric_limits<uint32_t>::max();
     if (is_unsigned_int(v.type) && v.u64 <= max) {
         return uint32_t(v.u64);
     }
@@ -664,11 +693,16 @@ std::string gguf_file::value_to_string(const std::string & key, uint64_t max_arr
         return int_to_string(v);
     }
     switch (v.type) {
-        case gguf_type::FLOAT32: return std::to_string(float(v.f64));
-        case gguf_type::FLOAT64: return std::to_string(v.f64);
-        case gguf_type::BOOL: return v.u64 != 0 ? "true" : "false";
-        case gguf_type::STRING: return v.str;
-        default: break;
+        case gguf_type::FLOAT32:
+            return std::to_string(float(v.f64));
+        case gguf_type::FLOAT64:
+            return std::to_string(v.f64);
+        case gguf_type::BOOL:
+            return v.u64 != 0 ? "true" : "false";
+        case gguf_type::STRING:
+            return v.str;
+        default:
+            break;
     }
     if (v.arr_len > max_arr) {
         return strfmt("[%" PRIu64 " x %s]", v.arr_len, gguf_type_name(v.arr_type));

@@ -24,6 +24,14 @@ float tca_density(const float * p, int n_levels) {
     return float(sum / double(1 << (n_levels - 1)));
 }
 
+int tca_decode_keep(const float * p, int n_levels) {
+    double sum = 0.0;
+    for (int k = 0; k < n_levels; ++k) {
+        sum += double(int64_t(1) << k) * p[k];
+    }
+    return std::max(1, int(std::floor(sum + 1e-6)));
+}
+
 std::vector<float> tca_uniform_config(int block, float density) {
     const int          n_levels = tca_n_levels(block);
     std::vector<float> p(size_t(n_levels), 0.0f);

@@ -45,4 +45,8 @@ float tca_density(const float * p, int n_levels);
 // levels that bracket density * b, mixed to hit it exactly (clamped to [1/b, 1]).
 std::vector<float> tca_uniform_config(int block, float density);
 
+// Tokens a decode compaction keeps from a block: t = max(1, floor(sum_k k * p[k])) (spec section 5); the
+// floor allows 1e-6 of rounding in p, as the NumPy reference does.
+int tca_decode_keep(const float * p, int n_levels);
+
 }  // namespace tca

@@ -4,6 +4,7 @@
 #include "tca_select.h"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <numeric>
 
@@ -147,8 +148,8 @@ int64_t tca_select_into(const float * s, int64_t L, const float * p, int n_level
                         int32_t * out) {
     tca_params_check(b, w, alpha);
     tca_config_check(p, n_levels, b, "configuration");
-    if (L < 0) {
-        fail("tca: sequence length %lld is negative", (long long)L);
+    if (L < 0 || L > INT32_MAX) {
+        fail("tca: sequence length %lld is out of range (positions are int32)", (long long)L);
     }
     check_scores(s, L, "scores");
     const int64_t n_blocks = tca_global_len(L, b, w) / b;
@@ -180,14 +181,6 @@ std::vector<int32_t> tca_select(const float * s, int64_t L, const float * p, int
     std::vector<int32_t> G(size_t(std::max<int64_t>(tca_global_len(L, b, w), 0)));
     G.resize(size_t(tca_select_into(s, L, p, n_levels, b, w, alpha, G.data())));
     return G;
-}
-
-int tca_decode_keep(const float * p, int n_levels) {
-    double expected = 0.0;
-    for (int k = 0; k < n_levels; k++) {
-        expected += double(int64_t(1) << k) * double(p[k]);
-    }
-    return std::max(1, int(std::floor(expected)));
 }
 
 std::vector<int32_t> tca_pick_top(const float * probs, int n, int t) {

@@ -49,9 +49,6 @@ std::vector<int32_t> tca_select(const float * s, int64_t L, const float * p, int
 int64_t tca_select_into(const float * s, int64_t L, const float * p, int n_levels, int b, int w, float alpha,
                         int32_t * out);
 
-// Decode: tokens kept per compacted block, t = max(1, floor(sum_k k * p[k])).
-int tca_decode_keep(const float * p, int n_levels);
-
 // Decode: indices of the t largest of probs [n] (ties: lower index first), ascending. 1 <= t <= n.
 std::vector<int32_t> tca_pick_top(const float * probs, int n, int t);
 

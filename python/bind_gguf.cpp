@@ -47,32 +47,44 @@ auto by_key(R (gguf_file::*getter)(const std::string &) const) {
 // One fixed-size array element at p (possibly unaligned).
 py::object elem_to_py(gguf_type type, const uint8_t * p) {
     union {
-        uint8_t  u8;
-        int8_t   i8;
+        uint8_t u8;
+        int8_t i8;
         uint16_t u16;
-        int16_t  i16;
+        int16_t i16;
         uint32_t u32;
-        int32_t  i32;
+        int32_t i32;
         uint64_t u64;
-        int64_t  i64;
-        float    f32;
-        double   f64;
+        int64_t i64;
+        float f32;
+        double f64;
     } v;
     std::memcpy(&v, p, gguf_type_size(type));
     switch (type) {
-        case gguf_type::UINT8: return py::int_(v.u8);
-        case gguf_type::INT8: return py::int_(v.i8);
-        case gguf_type::UINT16: return py::int_(v.u16);
-        case gguf_type::INT16: return py::int_(v.i16);
-        case gguf_type::UINT32: return py::int_(v.u32);
-        case gguf_type::INT32: return py::int_(v.i32);
-        case gguf_type::UINT64: return py::int_(v.u64);
-        case gguf_type::INT64: return py::int_(v.i64);
-        case gguf_type::FLOAT32: return py::float_(v.f32);
-        case gguf_type::FLOAT64: return py::float_(v.f64);
-        case gguf_type::BOOL: return py::bool_(v.u8 != 0);
+        case gguf_type::UINT8:
+            return py::int_(v.u8);
+        case gguf_type::INT8:
+            return py::int_(v.i8);
+        case gguf_type::UINT16:
+            return py::int_(v.u16);
+        case gguf_type::INT16:
+            return py::int_(v.i16);
+        case gguf_type::UINT32:
+            return py::int_(v.u32);
+        case gguf_type::INT32:
+            return py::int_(v.i32);
+        case gguf_type::UINT64:
+            return py::int_(v.u64);
+        case gguf_type::INT64:
+            return py::int_(v.i64);
+        case gguf_type::FLOAT32:
+            return py::float_(v.f32);
+        case gguf_type::FLOAT64:
+            return py::float_(v.f64);
+        case gguf_type::BOOL:
+            return py::bool_(v.u8 != 0);
         case gguf_type::STRING:
-        case gguf_type::ARRAY: break;
+        case gguf_type::ARRAY:
+            break;
     }
     return py::none();
 }
@@ -83,16 +95,22 @@ py::object kv_to_py(const gguf_file & f, const gguf_kv & v) {
         case gguf_type::UINT8:
         case gguf_type::UINT16:
         case gguf_type::UINT32:
-        case gguf_type::UINT64: return py::int_(v.u64);
+        case gguf_type::UINT64:
+            return py::int_(v.u64);
         case gguf_type::INT8:
         case gguf_type::INT16:
         case gguf_type::INT32:
-        case gguf_type::INT64: return py::int_(v.i64);
+        case gguf_type::INT64:
+            return py::int_(v.i64);
         case gguf_type::FLOAT32:
-        case gguf_type::FLOAT64: return py::float_(v.f64);
-        case gguf_type::BOOL: return py::bool_(v.u64 != 0);
-        case gguf_type::STRING: return to_py_str(v.str);
-        case gguf_type::ARRAY: break;
+        case gguf_type::FLOAT64:
+            return py::float_(v.f64);
+        case gguf_type::BOOL:
+            return py::bool_(v.u64 != 0);
+        case gguf_type::STRING:
+            return to_py_str(v.str);
+        case gguf_type::ARRAY:
+            break;
     }
     py::list out;
     if (v.arr_type == gguf_type::STRING) {
@@ -173,7 +191,9 @@ void bind_gguf(py::module_ & m) {
         .def("has", by_key(&gguf_file::has), py::arg("key"))
         .def(
             "type_of",
-            [](const gguf_file & f, const py::str & key) { return gguf_type_name(f.type_of(from_py_str(key))); },
+            [](const gguf_file & f, const py::str & key) {
+                return gguf_type_name(f.type_of(from_py_str(key)));
+            },
             py::arg("key"))
         .def(
             "arr_type_of",
@@ -187,7 +207,8 @@ void bind_gguf(py::module_ & m) {
         .def("get_f32", by_key(&gguf_file::get_f32), py::arg("key"))
         .def("get_bool", by_key(&gguf_file::get_bool), py::arg("key"))
         .def(
-            "get_str", [](const gguf_file & f, const py::str & key) { return to_py_str(f.get_str(from_py_str(key))); },
+            "get_str",
+            [](const gguf_file & f, const py::str & key) { return to_py_str(f.get_str(from_py_str(key))); },
             py::arg("key"))
         .def(
             "get_u32_or",
@@ -211,7 +232,9 @@ void bind_gguf(py::module_ & m) {
         .def("get_arr_i32", by_key(&gguf_file::get_arr_i32), py::arg("key"))
         .def(
             "get_arr_str",
-            [](const gguf_file & f, const py::str & key) { return str_list(f.get_arr_str(from_py_str(key))); },
+            [](const gguf_file & f, const py::str & key) {
+                return str_list(f.get_arr_str(from_py_str(key)));
+            },
             py::arg("key"))
         .def(
             "value_to_string",

@@ -136,6 +136,12 @@ void bind_model(py::module_ & m) {
                                    d["block"]  = c.tca().block;
                                    d["window"] = c.tca().window;
                                    d["alpha"]  = c.tca().alpha;
+                                   const std::vector<float> & hc = c.tca().head_config;
+                                   py::array_t<float>         p({ int64_t(c.cache().n_layer()),
+                                                                  int64_t(c.cache().n_head_kv()),
+                                                                  int64_t(c.tca().n_levels) });
+                                   std::copy(hc.begin(), hc.end(), p.mutable_data());
+                                   d["head_config"] = p;
                                    return d;
                                })
         .def_property_readonly("n_ctx", &context::n_ctx)
@@ -158,6 +164,31 @@ void bind_model(py::module_ & m) {
             },
             py::arg("tokens"), py::arg("logits_all") = false)
         .def("reset", &context::reset)
+        .def("kv_head_tokens",
+             [](const context & c) {
+                 // [n_layer, n_head_kv, 2]: tokens held and, of those, compacted (global) tokens per head
+                 const kv_cache &     kv = c.cache();
+                 py::array_t<int64_t> out({ int64_t(kv.n_layer()), int64_t(kv.n_head_kv()), int64_t(2) });
+                 int64_t *            o = out.mutable_data();
+                 for (int il = 0; il < kv.n_layer(); ++il) {
+                     for (int ih = 0; ih < kv.n_head_kv(); ++ih) {
+                         *o++ = kv.head(il, ih).n;
+                         *o++ = kv.head(il, ih).n_global;
+                     }
+                 }
+                 return out;
+             })
+        .def(
+            "kv_head_positions",
+            [](const context & c, int il, int ih) {
+                const kv_cache & kv = c.cache();
+                if (il < 0 || il >= kv.n_layer() || ih < 0 || ih >= kv.n_head_kv()) {
+                    fail("no KV head (%d, %d)", il, ih);
+                }
+                const kv_head & h = kv.head(il, ih);
+                return py::array_t<int32_t>(h.n, h.pos.data());
+            },
+            py::arg("layer"), py::arg("kv_head"))
         .def("kv_stats", [](const context & c) {
             const kv_cache & kv = c.cache();
             py::dict         d;

@@ -5,6 +5,7 @@
 
 #include "bind.h"
 #include "common.h"
+#include "tca_calib.h"
 #include "tca_select.h"
 
 namespace py = pybind11;
@@ -71,14 +72,6 @@ void bind_tca(py::module_ & m) {
         "s.");
 
     m.def(
-        "tca_decode_keep",
-        [](const f32_array & p) {
-            const float * pp = vec_f32(p, "configuration");
-            return tca_decode_keep(pp, int(p.size()));
-        },
-        py::arg("p"), "Tokens kept per compacted decode block: max(1, floor(sum_k k * p[k])).");
-
-    m.def(
         "tca_pick_top",
         [](const f32_array & probs, int t) {
             const float * pp = vec_f32(probs, "probs");
@@ -111,6 +104,29 @@ void bind_tca(py::module_ & m) {
         py::arg("s"), py::arg("m"), py::arg("candidates"), py::arg("b"), py::arg("w"), py::arg("alpha"),
         "Simulate candidates [n_cand, n_levels] on one (layer, KV head): (retained share r [n_cand] float64, "
         "kept token counts [n_cand] int64).");
+
+    m.def(
+        "tca_calib_layer",
+        [](const f32_array & Q, const f32_array & K, int n_threads) {
+            if (Q.ndim() != 3 || K.ndim() != 3 || Q.shape(0) != K.shape(0) || Q.shape(2) != K.shape(2)) {
+                fail("tca-calibrate: Q and K must be [L, n_head, head_dim] and [L, n_head_kv, head_dim]");
+            }
+            const int64_t L = Q.shape(0), n_head_kv = K.shape(1);
+            py::array_t<float> m({n_head_kv, L}), s({n_head_kv, L});
+            float * pm = m.mutable_data();
+            float * ps = s.mutable_data();
+            {
+                py::gil_scoped_release release;
+                thread_pool pool(n_threads);
+                tca_calib_layer(Q.data(), K.data(), L, int(Q.shape(1)), int(n_head_kv), int(Q.shape(2)), pm,
+                                ps, pool);
+            }
+            return py::make_tuple(m, s);
+        },
+        py::arg("Q"), py::arg("K"), py::arg("n_threads") = 1,
+        "Calibration statistics of one layer from fp32 Q [L, n_head, d] and K [L, n_head_kv, d], the query "
+        "heads spread over n_threads threads: "
+        "(column means m [n_head_kv, L], last query's scores s [n_head_kv, L]), float32.");
 }
 
 }  // namespace tca

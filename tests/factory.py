@@ -77,9 +77,9 @@ def write_random_model(
     """Writes a random model to path and returns path as a string.
 
     head_dim defaults to n_embd / n_head; when it differs, `{arch}.attention.key_length` is written.
-    tensor_type applies to the 2-D weights (norms, biases and rope_freqs stay F32; token_embd too
-    for the k-quants, like llama.cpp's own small models). rope_freqs writes Llama 3.1's frequency
-    divisors tensor; rope_linear_factor writes linear rope scaling keys.
+    tensor_type applies to the 2-D weights; norms, biases and rope_freqs stay F32. The k-quants need
+    n_embd and n_ff to be multiples of 256, the other quantized types multiples of 32. rope_freqs
+    writes Llama 3.1's frequency divisors tensor; rope_linear_factor writes linear rope scaling keys.
     """
     if arch not in ("llama", "qwen2"):
         raise ValueError(f"arch must be llama or qwen2, not {arch}")
@@ -104,21 +104,22 @@ def write_random_model(
     w.add_rope_freq_base(rope_base)
     w.add_layer_norm_rms_eps(rms_eps)
     w.add_vocab_size(n_vocab)
+    if tensor_type not in ("F32", "F16"):
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     if rope_linear_factor is not None:
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(rope_linear_factor)
     add_vocab(w, n_vocab)
 
-    def matrix(name, n_out, n_in, scale=1.0, type_=qtype):
-        add_matrix(w, rng, name, n_out, n_in, scale / np.sqrt(n_in), type_)
+    def matrix(name, n_out, n_in, scale=1.0):
+        add_matrix(w, rng, name, n_out, n_in, scale / np.sqrt(n_in), qtype)
 
     def vector(name, n, mean, std):
         w.add_tensor(name, (mean + std * rng.standard_normal(n)).astype(np.float32))
 
     residual_scale = 1.0 / np.sqrt(2 * n_layer)  # keeps the residual stream's growth modest
     # Embeddings of unit spread; as the tied output matrix they give logits of spread sqrt(n_embd) / 4.
-    embd_type = gguf.GGMLQuantizationType.F32 if tensor_type in KQUANT_SCALE_OFFSETS else qtype
-    matrix("token_embd.weight", n_vocab, n_embd, np.sqrt(n_embd) * (0.25 if tied else 1.0), embd_type)
+    matrix("token_embd.weight", n_vocab, n_embd, np.sqrt(n_embd) * (0.25 if tied else 1.0))
     vector("output_norm.weight", n_embd, 1.0, 0.1)
     if not tied:
         matrix("output.weight", n_vocab, n_embd, 4.0)

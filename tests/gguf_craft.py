@@ -130,7 +130,7 @@ ALL_TYPES = [
     ("t.i32", VT.INT32, -2_000_000_000, None),
     ("t.f32", VT.FLOAT32, -1.375, None),
     ("t.bool", VT.BOOL, True, None),
-    ("t.str", VT.STRING, "héllo \"quoted\" wörld", None),
+    ("t.str", VT.STRING, 'héllo "quoted" wörld', None),
     ("t.u64", VT.UINT64, 2**64 - 3, None),
     ("t.i64", VT.INT64, -(2**62) - 5, None),
     ("t.f64", VT.FLOAT64, 3.141592653589793, None),
@@ -161,7 +161,12 @@ def expected_value(vtype: int, v, elem_type: int | None):
 
 def valid_tensors(rng: np.random.Generator) -> list[Tensor]:
     """A few tensors of awkward shapes and several types, filled with random bytes."""
-    specs = [("a.f32", [7, 3], 0), ("b.f16", [5], 1), ("c.q4_0", [64, 3, 2], 2), ("d.q4_k", [256, 1, 1, 2], 12)]
+    specs = [
+        ("a.f32", [7, 3], 0),
+        ("b.f16", [5], 1),
+        ("c.q4_0", [64, 3, 2], 2),
+        ("d.q4_k", [256, 1, 1, 2], 12),
+    ]
     out = []
     for name, shape, type_id in specs:
         _, block, type_size = TENSOR_TYPES[type_id]

@@ -16,7 +16,6 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-
 from tca import TcaError
 from tca._core import GGUFFile
 
@@ -130,8 +129,10 @@ def test_smollm2_typed_getters(smollm2):
     assert f.value_to_string("llama.rope.freq_base") == "100000.000000"
     assert f.value_to_string("tokenizer.ggml.tokens") == "[49152 x STRING]"
     assert f.value_to_string("general.languages", 4) == '["en"]'
-    path = str(f.path)
-    with pytest.raises(TcaError, match=re.escape(f"{path}: key 'tokenizer.ggml.token_type' is ARRAY of INT32")):
+    path = f.path
+    with pytest.raises(
+        TcaError, match=re.escape(f"{path}: key 'tokenizer.ggml.token_type' is ARRAY of INT32")
+    ):
         f.get_arr_f32("tokenizer.ggml.token_type")
     with pytest.raises(TcaError, match="key 'general.architecture' is STRING, expected an integer"):
         f.get_u32("general.architecture")
@@ -176,9 +177,13 @@ def test_crafted_all_value_types_round_trip(tmp_path, version):
 def test_crafted_typed_getters(tmp_path):
     f = GGUFFile(write(tmp_path, valid_file()[0]))
     assert f.get_u32("t.u8") == 250 and f.get_u32("t.u32") == 4_000_000_000
-    assert f.get_i64("t.i8") == -100 and f.get_i64("t.i64") == -(2**62) - 5 and f.get_i64("t.u32") == 4_000_000_000
+    assert (
+        f.get_i64("t.i8") == -100
+        and f.get_i64("t.i64") == -(2**62) - 5
+        and f.get_i64("t.u32") == 4_000_000_000
+    )
     assert f.get_f32("t.f32") == -1.375 and f.get_f32("t.f64") == pytest.approx(3.14159265, rel=1e-7)
-    assert f.get_bool("t.bool") is True and f.get_str("t.str") == "héllo \"quoted\" wörld"
+    assert f.get_bool("t.bool") is True and f.get_str("t.str") == 'héllo "quoted" wörld'
     assert f.get_arr_f32("t.arr.f32") == expected_value(VT.ARRAY, [0.5, -2.25, 1e-3], VT.FLOAT32)
     assert f.get_arr_i32("t.arr.i32") == [-7, 11, -13] and f.get_arr_i32("t.arr.empty") == []
     assert f.get_arr_str("t.arr.str") == ["a", "", "日本語", "x y"]
@@ -207,7 +212,7 @@ def test_crafted_value_to_string(tmp_path):
     assert f.value_to_string("t.i16") == "-32000"
     assert f.value_to_string("t.f32") == "-1.375000"
     assert f.value_to_string("t.bool") == "true"
-    assert f.value_to_string("t.str") == "héllo \"quoted\" wörld"
+    assert f.value_to_string("t.str") == 'héllo "quoted" wörld'
     assert f.value_to_string("t.arr.u32") == "[5 x UINT32]"
     assert f.value_to_string("t.arr.u32", 5) == "[3, 1, 4, 1, 5]"
     assert f.value_to_string("t.arr.u32", 4) == "[5 x UINT32]"
@@ -217,7 +222,11 @@ def test_crafted_value_to_string(tmp_path):
 
 
 def test_crafted_alignment_and_empty_tensor(tmp_path):
-    tensors = [Tensor("a", [3], 0, b"\x01" * 12), Tensor("empty", [0, 4], 0), Tensor("b", [2], 0, b"\x02" * 8)]
+    tensors = [
+        Tensor("a", [3], 0, b"\x01" * 12),
+        Tensor("empty", [0, 4], 0),
+        Tensor("b", [2], 0, b"\x02" * 8),
+    ]
     data = craft([kv("general.alignment", VT.UINT32, 64)], tensors, alignment=64)
     f = GGUFFile(write(tmp_path, data))
     assert f.alignment == 64 and f.data_offset % 64 == 0
@@ -229,8 +238,6 @@ def test_crafted_alignment_and_empty_tensor(tmp_path):
 
 
 # --- hostile inputs ------------------------------------------------------------------------------------
-
-HEADER = b"GGUF" + u32(3)
 
 
 def header(n_tensors: int, n_kv: int, version: int = 3) -> bytes:
@@ -275,8 +282,12 @@ def test_huge_counts_fail_fast(tmp_path):
 
 def test_lengths_past_the_end(tmp_path):
     rest = bytes(range(40))
-    expect_error(tmp_path, header(0, 1) + u64(1000) + rest, r"KV pair 0: file truncated: key needs 1000 bytes")
-    expect_error(tmp_path, header(0, 1) + gguf_str("s") + u32(VT.STRING) + u64(2**62) + rest, "STRING value needs")
+    expect_error(
+        tmp_path, header(0, 1) + u64(1000) + rest, r"KV pair 0: file truncated: key needs 1000 bytes"
+    )
+    expect_error(
+        tmp_path, header(0, 1) + gguf_str("s") + u32(VT.STRING) + u64(2**62) + rest, "STRING value needs"
+    )
     arr = gguf_str("arr") + u32(VT.ARRAY)
     expect_error(
         tmp_path,
@@ -284,28 +295,40 @@ def test_lengths_past_the_end(tmp_path):
         f"key 'arr': array of {2**40} INT32 elements .* runs past the end",
     )
     expect_error(tmp_path, header(0, 1) + arr + u32(VT.FLOAT64) + u64(2**64 - 1) + rest, "runs past the end")
-    expect_error(tmp_path, header(0, 1) + arr + u32(VT.STRING) + u64(2**40) + rest, "array of .* strings runs past")
+    expect_error(
+        tmp_path, header(0, 1) + arr + u32(VT.STRING) + u64(2**40) + rest, "array of .* strings runs past"
+    )
     strings = gguf_str("a") + gguf_str("b") + u64(2**50) + b"c"
     expect_error(
-        tmp_path, header(0, 1) + arr + u32(VT.STRING) + u64(3) + strings + rest, "string 2 of the array has length"
+        tmp_path,
+        header(0, 1) + arr + u32(VT.STRING) + u64(3) + strings + rest,
+        "string 2 of the array has length",
     )
-    expect_error(tmp_path, header(1, 0) + u64(2**33) + rest, "tensor info 0: file truncated: tensor name needs")
+    expect_error(
+        tmp_path, header(1, 0) + u64(2**33) + rest, "tensor info 0: file truncated: tensor name needs"
+    )
     pad = [kv("pad", VT.STRING, "x" * 64)]
     end_of_info = len(craft(pad, [Tensor("w", [4], 0)], alignment=1))
     expect_error(tmp_path, craft(pad, [Tensor("w", [4], 0)])[: end_of_info - 4], "tensor 'w': file truncated")
 
 
 def test_bad_value_types(tmp_path):
-    expect_error(tmp_path, header(0, 1) + gguf_str("x") + u32(13) + bytes(16), "key 'x': unknown value type id 13")
+    expect_error(
+        tmp_path, header(0, 1) + gguf_str("x") + u32(13) + bytes(16), "key 'x': unknown value type id 13"
+    )
     arr = gguf_str("x") + u32(VT.ARRAY)
-    expect_error(tmp_path, header(0, 1) + arr + u32(77) + u64(1) + bytes(16), "unknown array element type id 77")
+    expect_error(
+        tmp_path, header(0, 1) + arr + u32(77) + u64(1) + bytes(16), "unknown array element type id 77"
+    )
     nested = arr + u32(VT.ARRAY) + u64(1) + u32(VT.UINT8) + u64(1) + b"\x01"
     expect_error(tmp_path, header(0, 1) + nested, "key 'x': nested arrays")
 
 
 def test_bool_must_be_0_or_1(tmp_path):
     # Decision: a BOOL byte other than 0 or 1 is an error, not "true" (the file is not what it claims).
-    expect_error(tmp_path, header(0, 1) + gguf_str("b") + u32(VT.BOOL) + b"\x02", "BOOL value byte 2 is neither")
+    expect_error(
+        tmp_path, header(0, 1) + gguf_str("b") + u32(VT.BOOL) + b"\x02", "BOOL value byte 2 is neither"
+    )
     arr = gguf_str("b") + u32(VT.ARRAY) + u32(VT.BOOL) + u64(3) + b"\x01\x00\xff"
     expect_error(tmp_path, header(0, 1) + arr, "BOOL array element 2 is byte 255")
 
@@ -328,19 +351,27 @@ def test_duplicates(tmp_path):
     ],
 )
 def test_bad_alignment(tmp_path, vtype, value, pattern):
-    expect_error(tmp_path, craft([kv("general.alignment", vtype, value)], [Tensor("w", [8], 0, bytes(32))]), pattern)
+    expect_error(
+        tmp_path, craft([kv("general.alignment", vtype, value)], [Tensor("w", [8], 0, bytes(32))]), pattern
+    )
 
 
 @pytest.mark.parametrize(
     ("tensor", "pattern"),
     [
-        (Tensor("w", [4], 0, offset=4096), r"tensor 'w': data \[offset 4096, 16 bytes\) lies outside the file"),
+        (
+            Tensor("w", [4], 0, offset=4096),
+            r"tensor 'w': data \[offset 4096, 16 bytes\) lies outside the file",
+        ),
         (Tensor("w", [4], 0, bytes(8)), r"data \[offset 32, 16 bytes\) lies outside the file \(size \d+"),
         (Tensor("w", [4], 0, offset=2**64 - 32), "lies outside the file"),
         (Tensor("w", [4], 0, bytes(48), offset=4), "data offset 4 is not a multiple of the alignment 32"),
         (Tensor("w", [4], 9999, bytes(16)), "tensor 'w': unknown tensor type id 9999"),
         (Tensor("w", [4], 4, bytes(16)), "unknown tensor type id 4"),
-        (Tensor("w", [33, 2], 2, bytes(64)), "ne\\[0\\] = 33 is not a multiple of the block size 32 of type Q4_0"),
+        (
+            Tensor("w", [33, 2], 2, bytes(64)),
+            "ne\\[0\\] = 33 is not a multiple of the block size 32 of type Q4_0",
+        ),
         (Tensor("w", [128], 12, bytes(144)), "not a multiple of the block size 256 of type Q4_K"),
         (Tensor("w", [1, 1, 1, 1, 1], 0, bytes(4)), "n_dims 5 is not between 1 and 4"),
         (Tensor("w", [], 0, bytes(4)), "n_dims 0 is not between 1 and 4"),
@@ -362,7 +393,28 @@ def test_missing_padding_before_data(tmp_path):
     assert GGUFFile(write(tmp_path, data)).tensors[0]["n_bytes"] == 0
     unpadded = craft(pad, [Tensor("empty", [0], 0)], alignment=1)
     assert len(unpadded) < len(data)
-    expect_error(tmp_path, unpadded, f"data section would start at offset {len(data)}, past the end of the file")
+    expect_error(
+        tmp_path, unpadded, f"data section would start at offset {len(data)}, past the end of the file"
+    )
+
+
+def test_names_that_are_not_utf8(tmp_path):
+    """Keys and names are bytes: Python sees them surrogate-escaped, messages show them as \\xNN."""
+    bad = b"k\xff\x01"
+    f = GGUFFile(write(tmp_path, craft([kv(bad, VT.UINT8, 7), kv("s", VT.STRING, b"v\xfe")])))
+    key = bad.decode("utf-8", "surrogateescape")
+    assert f.keys() == [key, "s"] and f.metadata[key] == 7 and f.get_u32(key) == 7
+    assert f.get_str("s") == "v\udcfe"
+    with pytest.raises(TcaError, match=re.escape("key 'k\\xff\\x01' is UINT8, expected STRING")):
+        f.get_str(key)
+    expect_error(
+        tmp_path, craft([kv(bad, VT.UINT8, 1), kv(bad, VT.UINT8, 2)]), r"key 'k\\xff\\x01': duplicate"
+    )
+    long_name = "n" * 1000
+    msg = expect_error(
+        tmp_path, craft([], [Tensor(long_name, [4], 0, offset=64)]), r"\.\.\.\(1000 bytes\)': data"
+    )
+    assert len(msg) < 400
 
 
 def test_smollm2_truncated_header(tmp_path, smollm2_path):
@@ -376,7 +428,9 @@ def test_smollm2_truncated_header(tmp_path, smollm2_path):
         with pytest.raises(TcaError) as e:
             GGUFFile(str(path))
         msg = str(e.value)
-        assert msg.startswith(f"{path}: ") and re.search("truncated|past the end|empty file|not a GGUF", msg), msg
+        assert msg.startswith(f"{path}: ") and re.search(
+            "truncated|past the end|empty file|not a GGUF", msg
+        ), msg
 
 
 def test_smollm2_truncated_late(tmp_path, smollm2, smollm2_path):
@@ -397,10 +451,29 @@ def test_smollm2_truncated_late(tmp_path, smollm2, smollm2_path):
             assert "lies outside the file" in msg, msg
 
 
+def mutate(rng: np.random.Generator, base: bytes) -> bytes:
+    """One random damage to a file: byte flips, a truncation, a huge word, or inserted bytes."""
+    data = bytearray(base)
+    kind = rng.integers(0, 4)
+    if kind == 0:
+        for pos in rng.integers(0, len(data), int(rng.integers(1, 5))):
+            data[pos] = int(rng.integers(0, 256))
+    elif kind == 1:
+        del data[int(rng.integers(0, len(data))) :]
+    elif kind == 2:
+        pos = int(rng.integers(0, len(data) - 8))
+        huge = [2**63, 2**64 - 1, 2**32, 2**40, 1 << int(rng.integers(0, 64))]
+        data[pos : pos + 8] = u64(huge[int(rng.integers(0, len(huge)))])
+    else:
+        pos = int(rng.integers(0, len(data)))
+        data[pos:pos] = rng.integers(0, 256, int(rng.integers(1, 9)), dtype=np.uint8).tobytes()
+    return bytes(data)
+
+
 def fuzz(dir_path: str, seed: int, n_iter: int) -> None:
-    """Mutates a small valid crafted file n_iter times (byte flips, truncations, huge words, inserted
-    bytes); each must parse (and then read back fully) or raise TcaError. Anything else (another
-    exception, a crash, a huge allocation under the address-space limit) fails the calling test."""
+    """Mutates a small valid crafted file n_iter times; each must parse (and then read back fully) or
+    raise TcaError. Anything else (another exception, a crash, a huge allocation under the address-space
+    limit) fails the calling test."""
     import resource
 
     resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
@@ -409,21 +482,8 @@ def fuzz(dir_path: str, seed: int, n_iter: int) -> None:
     path = str(Path(dir_path) / "fuzz.gguf")
     n_ok = 0
     for _ in range(n_iter):
-        data = bytearray(base)
-        kind = rng.integers(0, 4)
-        if kind == 0:
-            for pos in rng.integers(0, len(data), int(rng.integers(1, 5))):
-                data[pos] = int(rng.integers(0, 256))
-        elif kind == 1:
-            del data[int(rng.integers(0, len(data))) :]
-        elif kind == 2:
-            pos = int(rng.integers(0, len(data) - 8))
-            huge = [2**63, 2**64 - 1, 2**32, 2**40, 1 << int(rng.integers(0, 64))]
-            data[pos : pos + 8] = u64(huge[int(rng.integers(0, len(huge)))])
-        else:
-            pos = int(rng.integers(0, len(data)))
-            data[pos:pos] = rng.integers(0, 256, int(rng.integers(1, 9)), dtype=np.uint8).tobytes()
-        Path(path).write_bytes(bytes(data))
+        data = mutate(rng, base)
+        Path(path).write_bytes(data)
         try:
             f = GGUFFile(path)
         except TcaError as e:
@@ -433,7 +493,15 @@ def fuzz(dir_path: str, seed: int, n_iter: int) -> None:
         f.metadata  # noqa: B018 (decodes every value)
         for key in f.keys():
             f.value_to_string(key, 16)
-            for getter in (f.get_u32, f.get_i64, f.get_f32, f.get_bool, f.get_str, f.get_arr_f32, f.get_arr_str):
+            for getter in (
+                f.get_u32,
+                f.get_i64,
+                f.get_f32,
+                f.get_bool,
+                f.get_str,
+                f.get_arr_f32,
+                f.get_arr_str,
+            ):
                 try:
                     getter(key)
                 except TcaError as e:

@@ -53,9 +53,9 @@ def test_smollm2_matches_reference_on_real_text(smollm2_path):
     ref = reference.load_model(smollm2_path).forward(tokens)
     got = engine_logits(smollm2_path, tokens)
     assert np.isfinite(got).all()
-    # Q8 activations in the quantized products: logits agree to a few percent and almost always on top-1.
-    assert relative_error(got, ref) < 5e-2
-    assert np.mean(got.argmax(-1) == ref.argmax(-1)) > 0.95
+    # Measured 2.3e-4 (fp16 KV cache, fp32 accumulation); 1e-2 still catches any wrong RoPE or layout.
+    assert relative_error(got, ref) < 1e-2
+    assert np.mean(got.argmax(-1) == ref.argmax(-1)) > 0.98
 
 
 def test_context_overflow_is_refused_before_touching_the_cache(random_models):

@@ -92,6 +92,12 @@ def test_select_properties(b, w):
             assert len(dropped) == 0 or blk[kept].min() >= blk[dropped].max()
 
 
+def test_jaccard():
+    assert ref.jaccard([], []) == 1.0
+    assert ref.jaccard([1, 2, 3], np.array([3, 2, 1])) == 1.0
+    assert ref.jaccard([1, 2, 3], [3, 4]) == 0.25
+
+
 def test_select_ties():
     b, w = 16, 16
     n = 8

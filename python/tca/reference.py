@@ -13,7 +13,7 @@ RoPE pairs: `llama` GGUF files store the Q and K rows permuted so that RoPE rota
 """
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 from gguf import GGUFReader
@@ -86,8 +86,11 @@ class RefModel:
                     raise ValueError(f"missing tensor blk.{il}.{name}")
             self.layers.append(Layer(**weights))
 
-    def forward(self, tokens: list) -> np.ndarray:
-        """Logits [n_tokens, n_vocab] (float32) for tokens at positions 0 .. n_tokens-1, causal."""
+    def forward(self, tokens: list, attention_fn: Optional[Callable] = None) -> np.ndarray:
+        """Logits [n_tokens, n_vocab] (float32) for tokens at positions 0 .. n_tokens-1.
+
+        attention_fn(il, q, k, v) -> [n, n_head * head_dim] replaces the dense causal attention of
+        every layer il (q, k after RoPE; shapes as in attention()), for sparse-attention references."""
         hp = self.hp
         tokens = np.asarray(tokens, dtype=np.int64)
         if tokens.ndim != 1 or len(tokens) == 0 or tokens.min() < 0 or tokens.max() >= hp.n_vocab:
@@ -95,14 +98,14 @@ class RefModel:
         n = len(tokens)
         x = self.tok_embd[tokens].astype(np.float64)  # [n, n_embd]
         cos, sin = rope_tables(hp, self.rope_freqs, np.arange(n))
-        for layer in self.layers:
+        for il, layer in enumerate(self.layers):
             h = rms_norm(x, layer.attn_norm, hp.rms_eps)
             q = linear(h, layer.wq, layer.bq).reshape(n, hp.n_head, hp.head_dim)
             k = linear(h, layer.wk, layer.bk).reshape(n, hp.n_head_kv, hp.head_dim)
             v = linear(h, layer.wv, layer.bv).reshape(n, hp.n_head_kv, hp.head_dim)
             q = rope(q, cos, sin, hp)
             k = rope(k, cos, sin, hp)
-            attn = attention(q, k, v)  # [n, n_head * head_dim]
+            attn = attention(q, k, v) if attention_fn is None else attention_fn(il, q, k, v)
             x = x + linear(attn, layer.wo)
             h = rms_norm(x, layer.ffn_norm, hp.rms_eps)
             gate, up = linear(h, layer.w_gate), linear(h, layer.w_up)

@@ -94,7 +94,7 @@ def budget_counts(p: np.ndarray, n: int) -> np.ndarray:
     return counts
 
 
-def block_budgets(h: np.ndarray, counts: np.ndarray, b: int) -> np.ndarray:
+def block_budgets(h: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Tokens to keep per block -> int64 [n]: blocks ranked by h descending (ties: lower index first);
     the best count[b] blocks keep b, the next count[b/2] keep b/2, ..., the worst keep 1."""
     rank = sorted(range(len(h)), key=lambda j: (-h[j], j))
@@ -104,7 +104,6 @@ def block_budgets(h: np.ndarray, counts: np.ndarray, b: int) -> np.ndarray:
         for j in rank[pos : pos + counts[k]]:
             keep[j] = 2**k
         pos += counts[k]
-    assert pos == len(h) and b >= 1
     return keep
 
 
@@ -124,14 +123,23 @@ def select(s: np.ndarray, p: np.ndarray, b: int, w: int, alpha: float) -> np.nda
     check_config(np.asarray(p), b)
     if w < b:
         raise ValueError(f"tca: local window w = {w} is smaller than the block size b = {b}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"tca: alpha = {alpha} is not in [0, 1]")
     L_g = global_len(len(s), b, w)
     n = L_g // b
     if n == 0:
         return np.zeros(0, dtype=np.int32)
     h = block_scores(s[:L_g], b, alpha)
-    keep = block_budgets(h, budget_counts(p, n), b)
+    keep = block_budgets(h, budget_counts(p, n))
     G = [j * b + top_t(s[j * b : (j + 1) * b], int(keep[j])) for j in range(n)]
     return np.concatenate(G).astype(np.int32)
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """|a & b| / |a | b| of two index sets (1 when both are empty): how close two selections are when
+    near-tied scores (fp16 on a GPU) may legitimately swap a few tokens (spec 9)."""
+    a, b = set(np.asarray(a).tolist()), set(np.asarray(b).tolist())
+    return len(a & b) / len(a | b) if a | b else 1.0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -180,12 +188,15 @@ def kept_after_prefill(G: np.ndarray, L_g: int, L: int) -> np.ndarray:
 
 
 def decode_keep(p: np.ndarray) -> int:
-    """Tokens kept per compacted block during decode: t = max(1, floor(sum_k k * p[k]))."""
+    """Tokens kept per compacted block during decode: t = max(1, floor(sum_k k * p[k])).
+
+    As engine/tca_config.cpp, 1e-6 is added before flooring so that an expected count that is an integer
+    up to fp32 rounding (say 4.9999998) is not floored to one less."""
     p = np.asarray(p, dtype=np.float32).astype(np.float64)
     expected = 0.0
     for k, x in enumerate(p):  # sequential, as the C++ does
         expected += 2**k * float(x)
-    return max(1, math.floor(expected))
+    return max(1, math.floor(expected + 1e-6))
 
 
 class DecodeCache:

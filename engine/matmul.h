@@ -1,0 +1,41 @@
+// Matrix products of a weight matrix in any computable ggml type with fp32 activations, and embedding
+// lookup. Two paths, chosen per call:
+//  - few tokens (generation): each activation row is quantized to 8-bit blocks (quants.h) and every
+//    weight row is read once and dotted with them by integer SIMD kernels (float weights: fp32 dot);
+//  - many tokens (prompt processing): panels of 32 weight rows are dequantized to fp32 once and
+//    multiplied with tiles of 8 tokens by an FMA micro-kernel; no activation quantization.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "ggml_types.h"
+#include "quants.h"
+#include "thread_pool.h"
+
+namespace tca {
+
+struct weight {  // a 2-D weight matrix [n_out, n_in] in ggml layout (or a 1-D vector)
+    ggml_type type;
+    int64_t n_in;   // ne[0], the fastest dimension
+    int64_t n_out;  // rows
+    const void * data;
+    size_t row_bytes() const;
+};
+
+// Which kernels matmul uses: the fastest this build has, or only the portable scalar ones (the
+// 8-bit path for every n_tok; used by tests to check both).
+enum class matmul_kernels { best, scalar };
+
+// y[t, o] = sum_i w[o, i] * x[t, i];  x [n_tok, n_in], y [n_tok, n_out]
+void matmul(const weight & w, const float * x, int64_t n_tok, float * y, thread_pool & pool);
+void matmul(const weight & w, const float * x, int64_t n_tok, float * y, thread_pool & pool,
+            matmul_kernels kernels);
+
+// out[t, :] = row ids[t] of w, dequantized; out [n, n_in]. Throws for an id outside [0, n_out).
+void get_rows(const weight & w, const int32_t * ids, int64_t n, float * out);
+
+// Smallest n_tok for which matmul (best kernels) takes the dequantize-and-FMA path.
+constexpr int64_t k_matmul_gemm_min_tokens = 8;
+
+}  // namespace tca
