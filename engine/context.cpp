@@ -144,6 +144,9 @@ void context::eval(const int32_t * tokens, int64_t n, bool logits_all, std::vect
         }
         op_rope(q_.data(), n, hp.n_head, hp.head_dim, rope, adjacent);
         op_rope(k_.data(), n, hp.n_head_kv, hp.head_dim, rope, adjacent);
+        if (hook_) {
+            hook_(il, q_.data(), k_.data(), n);
+        }
 
         attention_layer(il, n, pos.data());
 

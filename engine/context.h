@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -35,6 +36,11 @@ class context {
 
     void reset();
 
+    // Called in every layer of eval with the post-RoPE queries q [n, n_head, head_dim] and keys
+    // k [n, n_head_kv, head_dim] of the tokens being evaluated (calibration collects its statistics here).
+    using layer_hook = std::function<void(int il, const float * q, const float * k, int64_t n)>;
+    void set_layer_hook(layer_hook hook) { hook_ = std::move(hook); }
+
     int64_t          n_past() const { return n_past_; }
     int              n_ctx() const { return params_.n_ctx; }
     int              n_threads() const { return pool_.size(); }
@@ -50,6 +56,7 @@ class context {
     thread_pool    pool_;
     kv_cache       cache_;
     tca_config     tca_;  // resolved settings when attention == tca
+    layer_hook     hook_;
     int64_t        n_past_ = 0;
 
     // Activations of one eval call, kept between calls to avoid reallocation.

@@ -8,7 +8,7 @@ namespace tca {
 
 // Heads grow in steps of this many tokens, so appending one token at a time does not reallocate, and
 // a compacted head gives back all but less than one step of slack.
-static constexpr int64_t k_grow_step = 256;
+static constexpr int64_t k_grow_step = 64;
 
 kv_cache::kv_cache(int n_layer, int n_head_kv, int head_dim)
     : n_layer_(n_layer), n_head_kv_(n_head_kv), head_dim_(head_dim), heads_(size_t(n_layer) * n_head_kv) {}

@@ -1,6 +1,7 @@
 #include "matmul.h"
 
 #include <algorithm>
+#include <chrono>
 #include <vector>
 
 #include "common.h"
@@ -196,6 +197,40 @@ void get_rows(const weight & w, const int32_t * ids, int64_t n, float * out) {
         }
         dequantize_row(w.type, static_cast<const uint8_t *>(w.data) + ids[t] * rb, out + t * w.n_in, w.n_in);
     }
+}
+
+double fma_peak_gflops(thread_pool & pool) {
+    const int n_threads    = pool.size();
+    constexpr int n_chains = 16, n_lanes = 16;  // enough independent chains to cover FMA latency
+    constexpr int64_t n_iter = int64_t(1) << 17;
+    std::vector<float> sink(size_t(n_threads * n_lanes));
+    double best = 0.0;
+    // The best of several short runs: on a shared machine, the runs that were not preempted.
+    for (int trial = 0; trial < 10; ++trial) {
+        const auto t0 = std::chrono::steady_clock::now();
+        pool.parallel_for(n_threads, [&](int64_t, int64_t, int index) {
+            typedef float v16 __attribute__((vector_size(64)));
+            v16 acc[n_chains];
+            for (int c = 0; c < n_chains; ++c) {
+                acc[c] = v16{} + float(index + c);
+            }
+            const v16 a = v16{} + 0.999999f, b = v16{} + 1e-7f;
+            for (int64_t i = 0; i < n_iter; ++i) {
+                for (int c = 0; c < n_chains; ++c) {
+                    acc[c] = acc[c] * a + b;
+                }
+            }
+            for (int c = 1; c < n_chains; ++c) {
+                acc[0] += acc[c];
+            }
+            for (int l = 0; l < n_lanes; ++l) {
+                sink[size_t(index * n_lanes + l)] = acc[0][l];
+            }
+        });
+        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        best = std::max(best, 2.0 * n_chains * n_lanes * double(n_iter) * n_threads / seconds / 1e9);
+    }
+    return best;
 }
 
 }  // namespace tca

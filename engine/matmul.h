@@ -35,6 +35,10 @@ void matmul(const weight & w, const float * x, int64_t n_tok, float * y, thread_
 // out[t, :] = row ids[t] of w, dequantized; out [n, n_in]. Throws for an id outside [0, n_out).
 void get_rows(const weight & w, const int32_t * ids, int64_t n, float * out);
 
+// GFLOP/s of fp32 FMAs on independent register chains, on every thread of the pool at once: the
+// compute ceiling that kernel benchmarks report against.
+double fma_peak_gflops(thread_pool & pool);
+
 // Smallest n_tok for which matmul (best kernels) takes the dequantize-and-FMA path.
 constexpr int64_t k_matmul_gemm_min_tokens = 8;
 

@@ -8,6 +8,7 @@
 
 #include "bind.h"
 #include "common.h"
+#include "fp16.h"
 #include "matmul.h"
 
 namespace py = pybind11;
@@ -113,6 +114,30 @@ std::vector<double> py_bench_matmul(uint32_t type_id, const u8_array & raw, int6
     return times;
 }
 
+// fp32 -> fp16 bits and back, with the build's conversions or the portable bit-level ones.
+py::array_t<uint16_t> py_fp32_to_fp16(const f32_array & x, bool portable) {
+    py::array_t<uint16_t> out(x.size());
+    for (py::ssize_t i = 0; i < x.size(); ++i) {
+        out.mutable_data()[i] = portable ? fp32_to_fp16_portable(x.data()[i]) : fp32_to_fp16(x.data()[i]);
+    }
+    return out;
+}
+
+py::array_t<float> py_fp16_to_fp32(const py::array_t<uint16_t, py::array::c_style | py::array::forcecast> & h,
+                                   bool portable) {
+    py::array_t<float> out(h.size());
+    for (py::ssize_t i = 0; i < h.size(); ++i) {
+        out.mutable_data()[i] = portable ? fp16_to_fp32_portable(h.data()[i]) : fp16_to_fp32(h.data()[i]);
+    }
+    return out;
+}
+
+double py_fma_peak_gflops(int n_threads) {
+    thread_pool & pool = bound_pool(n_threads);
+    py::gil_scoped_release release;
+    return fma_peak_gflops(pool);
+}
+
 py::array_t<float> py_get_rows(uint32_t type_id, const u8_array & raw, int64_t n_in, int64_t n_out,
                                const i32_array & ids) {
     const weight w  = checked_weight(type_id, raw, n_in, n_out);
@@ -140,6 +165,12 @@ void bind_quants(py::module_ & m) {
     m.def("get_rows", &py_get_rows, py::arg("type_id"), py::arg("raw_weight"), py::arg("n_in"),
           py::arg("n_out"), py::arg("ids"),
           "Rows ids of W [n_out, n_in] dequantized: float32 [len(ids), n_in].");
+    m.def("fp32_to_fp16", &py_fp32_to_fp16, py::arg("x"), py::arg("portable") = false,
+          "fp16 bits of float32 values (round to nearest even).");
+    m.def("fp16_to_fp32", &py_fp16_to_fp32, py::arg("bits"), py::arg("portable") = false,
+          "float32 values of fp16 bits.");
+    m.def("fma_peak_gflops", &py_fma_peak_gflops, py::arg("n_threads"),
+          "Measured fp32 FMA rate of n_threads threads, GFLOP/s.");
     m.attr("matmul_gemm_min_tokens") = k_matmul_gemm_min_tokens;
 }
 

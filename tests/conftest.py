@@ -1,7 +1,11 @@
 """Shared fixtures: the real default model (fetched and cached by tca.fetch) and small random models."""
 
+import os
 import sys
 from pathlib import Path
+
+# One BLAS thread: the reference computations are small, and threaded BLAS is far slower on 2 busy cores.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import pytest
 

@@ -74,6 +74,33 @@ def assert_close_fp32(out, ref):
     assert not bad.any(), f"{bad.sum()} elements differ, first at {np.argwhere(bad)[0]}"
 
 
+@pytest.mark.parametrize("portable", [False, True])
+def test_fp16_conversions(portable):
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    ref = bits.view(np.float16).astype(np.float32)
+    out = _core.fp16_to_fp32(bits, portable)
+    finite = np.isfinite(ref)
+    np.testing.assert_array_equal(out[finite], ref[finite])
+    assert np.array_equal(np.isnan(out), np.isnan(ref)) and np.array_equal(
+        out[np.isinf(ref)], ref[np.isinf(ref)]
+    )
+    rng = np.random.default_rng(1)
+    x = np.concatenate(
+        [
+            rng.standard_normal(20000).astype(np.float32) * np.float32(2.0) ** rng.integers(-30, 18, 20000),
+            ref[finite],  # exact halves
+            (ref[finite][:-1] + ref[finite][1:]) / 2,  # ties (and midpoints across signs)
+            np.array(
+                [65504, 65519, 65520, 1e6, -1e6, np.inf, -np.inf, 2.0**-25, 2.0**-26, 0.0, -0.0], np.float32
+            ),
+        ]
+    ).astype(np.float32)
+    with np.errstate(over="ignore"):
+        expected = x.astype(np.float16).view(np.uint16)
+    np.testing.assert_array_equal(_core.fp32_to_fp16(x, portable), expected)
+    assert np.isnan(_core.fp32_to_fp16(np.array([np.nan], np.float32), portable).view(np.float16)).all()
+
+
 @pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
 def test_dequantize_random_blocks(qtype):
     rng = np.random.default_rng(int(qtype) + 1)
