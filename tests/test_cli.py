@@ -57,6 +57,7 @@ def test_parse_llama_cli_flags():
         64,
     )
     assert args.attention == "tca" and args.no_display_prompt and args.stop == ["A", "B"]
+    assert (args.tca_block, args.tca_window, args.tca_alpha, args.tca_density) == (0, 0, -1.0, -1.0)
     kw = sampling_kwargs(args)
     assert kw == dict(
         max_tokens=7,
@@ -137,8 +138,9 @@ def test_corrupt_gguf_exits(tmp_path):
 # -- end to end -----------------------------------------------------------------------------------
 
 
-def test_run_answers_paris():
-    r = run("tca.cli", "-p", CHATML_QUESTION, "-n", "24", "--temp", "0", "-c", "256", "-t", "2")
+@pytest.mark.parametrize("attention", [[], ["--attention", "tca", "--tca-density", "0.5"]])
+def test_run_answers_paris(attention):
+    r = run("tca.cli", "-p", CHATML_QUESTION, "-n", "24", "--temp", "0", "-c", "256", "-t", "2", *attention)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("<|im_start|>user\nWhat is the capital of France?")
     assert "Paris" in r.stdout.split("assistant\n", 1)[1]

@@ -18,7 +18,7 @@ from typing import Optional
 
 import gguf
 import numpy as np
-from tca.cli import ArgumentParser, run_command
+from tca.cli import ArgumentParser, add_tca_args, run_command, tca_kwargs
 
 
 def int_list(text: str) -> list[int]:
@@ -55,6 +55,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("-o", "--output", choices=["md", "csv", "json"], default="md", help="output format (md)")
     p.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up run of each test")
     p.add_argument("--seed", type=int, default=0, help="seed of the random tokens (0)")
+    add_tca_args(p)
     return p
 
 
@@ -124,6 +125,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
                     n_batch=n_batch or 512,
                     device=args.device,
                     attention=attention,
+                    **tca_kwargs(args),
                 )
                 model, ctx = engine.model, engine.ctx
                 for n_depth in args.n_depth:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 import numpy as np
-from tca.cli import ArgumentParser, run_command
+from tca.cli import ArgumentParser, add_tca_args, run_command, tca_kwargs
 
 
 def build_parser() -> ArgumentParser:
@@ -32,6 +32,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--chunks", type=int, default=-1, help="score at most this many windows (-1: all)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (cpu)")
     p.add_argument("--attention", choices=["dense", "tca"], default="dense", help="attention kind (dense)")
+    add_tca_args(p)
     return p
 
 
@@ -78,6 +79,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         n_batch=args.batch_size,
         device=args.device,
         attention=args.attention,
+        **tca_kwargs(args),
     )
     model, ctx = engine.model, engine.ctx
     t0 = time.perf_counter()

@@ -29,6 +29,24 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="cpu", help="cpu or cuda (cpu)")
     g.add_argument("--attention", choices=["dense", "tca"], default="dense", help="attention kind (dense)")
     g.add_argument("--verbose", action="store_true", help="print model details on load")
+    add_tca_args(p)
+
+
+def add_tca_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("TCA attention (--attention tca); 0 or negative: from the GGUF")
+    g.add_argument("--tca-block", type=int, default=0, help="block size in tokens")
+    g.add_argument("--tca-window", type=int, default=0, help="local window in tokens")
+    g.add_argument("--tca-alpha", type=float, default=-1.0, help="alpha")
+    g.add_argument("--tca-density", type=float, default=-1.0, help="uniform kept share (uncalibrated models)")
+
+
+def tca_kwargs(args: argparse.Namespace) -> dict:
+    return dict(
+        tca_block=args.tca_block,
+        tca_window=args.tca_window,
+        tca_alpha=args.tca_alpha,
+        tca_density=args.tca_density,
+    )
 
 
 def add_sampling_args(p: argparse.ArgumentParser, temperature: float = 0.8) -> None:
@@ -72,6 +90,7 @@ def open_engine(args: argparse.Namespace):
         device=args.device,
         attention=args.attention,
         verbose=args.verbose,
+        **tca_kwargs(args),
     )
 
 
