@@ -10,6 +10,7 @@ void bind_attention(pybind11::module_ & m);
 
 void bind_gguf(pybind11::module_ & m);
 void bind_tca(pybind11::module_ & m);  // bind_tca.cpp: TCA selection and calibration
+void bind_sampling(pybind11::module_ & m);
 void bind_quants(pybind11::module_ & m);
 void bind_vocab(pybind11::module_ & m);
 

@@ -23,6 +23,7 @@ PYBIND11_MODULE(_core, m) {
     tca::bind_attention(m);
     tca::bind_gguf(m);
     tca::bind_tca(m);
+    tca::bind_sampling(m);
     tca::bind_quants(m);
     tca::bind_vocab(m);
 }

@@ -1,5 +1,6 @@
 """tca-engine: a llama.cpp-style inference engine with TCA sparse attention."""
 
 from ._core import TcaError
+from .engine import Engine
 
-__all__ = ["TcaError"]
+__all__ = ["Engine", "TcaError"]
