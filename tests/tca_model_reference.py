@@ -3,6 +3,7 @@ spec section 5 (sparse prefill from the prompt's last query, then one-token deco
 cache), written with tca.tca_reference only. K and V are rounded to fp16 as the engine caches them."""
 
 import numpy as np
+
 from tca import tca_reference as tr
 
 

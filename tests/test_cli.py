@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from tca.cli import build_parser, sampling_kwargs, unescape
 from tca.tools import bench, perplexity
 

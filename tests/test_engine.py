@@ -5,6 +5,7 @@ import random
 
 import numpy as np
 import pytest
+
 from tca import Engine, TcaError
 from tca.chat_template import CHATML_TEMPLATE, ChatTemplate, ChatTemplateError
 from tca.stop import StopMatcher, find_stop, partial_stop_len

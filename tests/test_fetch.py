@@ -9,6 +9,7 @@ import zipfile
 import zlib
 
 import pytest
+
 from tca import fetch
 from tca.progress import Progress
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
+
 from tca import TcaError
 from tca._core import GGUFFile
 

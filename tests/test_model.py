@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from tca import TcaError, _core, reference
 
 

@@ -16,6 +16,7 @@ import zipfile
 import gguf
 import numpy as np
 import pytest
+
 from tca import _core
 
 T = gguf.GGMLQuantizationType

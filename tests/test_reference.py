@@ -7,6 +7,7 @@ import jinja2
 import numpy as np
 import pytest
 from factory import MERGES, load_tensors, vocab_tokens, write_random_model
+
 from tca import fetch, reference
 
 # Awkward shapes: GQA ratios 1, 3 and 4; head_dim 32, 64, 80 and 56; n_embd not a power of two and

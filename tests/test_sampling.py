@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+
 from tca import TcaError
 from tca._core import Sampler
 

@@ -3,9 +3,10 @@ boolean mask, and whole models with sparse prefill and compacting decode against
 
 import numpy as np
 import pytest
+from tca_model_reference import TcaAttention
+
 from tca import TcaError, _core, reference
 from tca import tca_reference as tr
-from tca_model_reference import TcaAttention
 
 
 def masked_attention(q, k, v, mask):

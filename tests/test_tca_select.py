@@ -4,6 +4,7 @@ import time
 
 import numpy as np
 import pytest
+
 from tca import TcaError, _core
 from tca import tca_reference as ref
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import gguf
 import pytest
+
 from tca._core import TcaError, Vocab
 
 VECTOR_VOCABS = ["llama-spm", "llama-bpe", "qwen2", "gpt-2"]

@@ -18,6 +18,7 @@ from typing import Optional
 
 import gguf
 import numpy as np
+
 from tca.cli import ArgumentParser, add_tca_args, run_command, tca_kwargs
 
 

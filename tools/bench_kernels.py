@@ -18,6 +18,7 @@ import time
 
 import gguf
 import numpy as np
+
 from tca import _core
 
 T = gguf.GGMLQuantizationType

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 import numpy as np
+
 from tca.cli import ArgumentParser, add_tca_args, run_command, tca_kwargs
 
 
