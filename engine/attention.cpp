@@ -36,39 +36,154 @@ struct partial {
     std::vector<float> acc;  // [G, head_dim]
 };
 
+#if defined(__AVX512F__)
+// The four horizontal sums of a, b, c, d.
+inline __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
+    // Per 128-bit lane: ab = [a0+a2, b0+b2, a1+a3, b1+b3], cd likewise, then abcd = [a, b, c, d] partials.
+    const __m512 ab   = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    const __m512 cd   = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+    const __m512 abcd = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
+                                      _mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));
+    const __m256 s8   = _mm256_add_ps(_mm512_castps512_ps256(abcd),
+                                      _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(abcd), 1)));
+    return _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+}
+
+inline __m512 load_fp16(const uint16_t * p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p)));
+}
+
+// scores[g, t] = scale * q_g . k_t for the G heads and the keys [t0, t0 + n) of the list; D = head_dim.
+template <int D>
+void span_scores_avx512(const float * q, int n_group, float scale, const kv_head & h, const key_list & keys,
+                        int64_t t0, int64_t n, float * scores) {
+    constexpr int V = D / 16;
+    for (int g = 0; g < n_group; ++g) {
+        __m512 qv[V];
+        for (int c = 0; c < V; ++c) {
+            qv[c] = _mm512_mul_ps(_mm512_loadu_ps(q + g * D + 16 * c), _mm512_set1_ps(scale));
+        }
+        float * s = scores + size_t(g) * size_t(n);
+        int64_t t = 0;
+        for (; t + 4 <= n; t += 4) {
+            __m512 acc[4];
+            for (int j = 0; j < 4; ++j) {
+                const uint16_t * kr = &h.k[size_t(keys.at(t0 + t + j)) * D];
+                acc[j]              = _mm512_mul_ps(qv[0], load_fp16(kr));
+                for (int c = 1; c < V; ++c) {
+                    acc[j] = _mm512_fmadd_ps(qv[c], load_fp16(kr + 16 * c), acc[j]);
+                }
+            }
+            _mm_storeu_ps(s + t, hsum4(acc[0], acc[1], acc[2], acc[3]));
+        }
+        for (; t < n; ++t) {
+            const uint16_t * kr = &h.k[size_t(keys.at(t0 + t)) * D];
+            __m512 acc          = _mm512_mul_ps(qv[0], load_fp16(kr));
+            for (int c = 1; c < V; ++c) {
+                acc = _mm512_fmadd_ps(qv[c], load_fp16(kr + 16 * c), acc);
+            }
+            s[t] = _mm512_reduce_add_ps(acc);
+        }
+    }
+}
+
+// acc[g, :] = sum_t p[g, t] v_t over the keys [t0, t0 + n) of the list; D = head_dim.
+template <int D>
+void span_values_avx512(const float * p, int n_group, const kv_head & h, const key_list & keys, int64_t t0,
+                        int64_t n, float * acc) {
+    constexpr int V = D / 16;
+    for (int g = 0; g < n_group; ++g) {
+        const float * pg = p + size_t(g) * size_t(n);
+        __m512 a0[V], a1[V];  // two chains per vector: even and odd keys
+        for (int c = 0; c < V; ++c) {
+            a0[c] = _mm512_setzero_ps();
+            a1[c] = _mm512_setzero_ps();
+        }
+        int64_t t = 0;
+        for (; t + 2 <= n; t += 2) {
+            const uint16_t * v0 = &h.v[size_t(keys.at(t0 + t)) * D];
+            const uint16_t * v1 = &h.v[size_t(keys.at(t0 + t + 1)) * D];
+            const __m512 w0     = _mm512_set1_ps(pg[t]);
+            const __m512 w1     = _mm512_set1_ps(pg[t + 1]);
+            for (int c = 0; c < V; ++c) {
+                a0[c] = _mm512_fmadd_ps(w0, load_fp16(v0 + 16 * c), a0[c]);
+                a1[c] = _mm512_fmadd_ps(w1, load_fp16(v1 + 16 * c), a1[c]);
+            }
+        }
+        if (t < n) {
+            const uint16_t * v0 = &h.v[size_t(keys.at(t0 + t)) * D];
+            const __m512 w0     = _mm512_set1_ps(pg[t]);
+            for (int c = 0; c < V; ++c) {
+                a0[c] = _mm512_fmadd_ps(w0, load_fp16(v0 + 16 * c), a0[c]);
+            }
+        }
+        for (int c = 0; c < V; ++c) {
+            _mm512_storeu_ps(acc + size_t(g) * D + 16 * c, _mm512_add_ps(a0[c], a1[c]));
+        }
+    }
+}
+#endif
+
+// scores[g, t] = scale * q_g . k_t, any head_dim.
+void span_scores(const float * q, int n_group, int d, float scale, const kv_head & h, const key_list & keys,
+                 int64_t t0, int64_t n, float * scores, std::vector<float> & row) {
+#if defined(__AVX512F__)
+    if (d == 64) {
+        return span_scores_avx512<64>(q, n_group, scale, h, keys, t0, n, scores);
+    }
+    if (d == 128) {
+        return span_scores_avx512<128>(q, n_group, scale, h, keys, t0, n, scores);
+    }
+#endif
+    row.resize(size_t(d));
+    for (int64_t t = 0; t < n; ++t) {
+        fp16_to_fp32_row(&h.k[size_t(keys.at(t0 + t)) * size_t(d)], row.data(), d);
+        for (int g = 0; g < n_group; ++g) {
+            scores[size_t(g) * n + t] = vec_dot(q + size_t(g) * d, row.data(), d) * scale;
+        }
+    }
+}
+
+// acc[g, :] = sum_t p[g, t] v_t, any head_dim.
+void span_values(const float * p, int n_group, int d, const kv_head & h, const key_list & keys, int64_t t0,
+                 int64_t n, float * acc, std::vector<float> & row) {
+#if defined(__AVX512F__)
+    if (d == 64) {
+        return span_values_avx512<64>(p, n_group, h, keys, t0, n, acc);
+    }
+    if (d == 128) {
+        return span_values_avx512<128>(p, n_group, h, keys, t0, n, acc);
+    }
+#endif
+    row.resize(size_t(d));
+    std::fill(acc, acc + size_t(n_group) * d, 0.0f);
+    for (int64_t t = 0; t < n; ++t) {
+        fp16_to_fp32_row(&h.v[size_t(keys.at(t0 + t)) * size_t(d)], row.data(), d);
+        for (int g = 0; g < n_group; ++g) {
+            vec_axpy(acc + size_t(g) * d, row.data(), p[size_t(g) * n + t], d);
+        }
+    }
+}
+
 // Attends the G query rows q (row stride head_dim) to keys [t0, t1) of the list.
 void attend_span(const float * q, int n_group, int d, float scale, const kv_head & h, const key_list & keys,
                  int64_t t0, int64_t t1, partial & st, std::vector<float> & scores,
                  std::vector<float> & row) {
     const int64_t n = t1 - t0;
     scores.resize(size_t(n_group) * size_t(n));
-    row.resize(size_t(d));
     st.m.assign(size_t(n_group), -INFINITY);
     st.l.assign(size_t(n_group), 0.0f);
     st.acc.assign(size_t(n_group) * size_t(d), 0.0f);
-    for (int64_t t = 0; t < n; ++t) {
-        fp16_to_fp32_row(&h.k[size_t(keys.at(t0 + t)) * size_t(d)], row.data(), d);
-        for (int g = 0; g < n_group; ++g) {
-            const float s             = vec_dot(q + size_t(g) * d, row.data(), d) * scale;
-            scores[size_t(g) * n + t] = s;
-            st.m[size_t(g)]           = std::max(st.m[size_t(g)], s);
-        }
+    if (n == 0) {
+        return;
     }
+    span_scores(q, n_group, d, scale, h, keys, t0, n, scores.data(), row);
     for (int g = 0; g < n_group; ++g) {
-        float * s = &scores[size_t(g) * n];
-        float l   = 0.0f;
-        for (int64_t t = 0; t < n; ++t) {
-            s[t] = std::exp(s[t] - st.m[size_t(g)]);
-            l += s[t];
-        }
-        st.l[size_t(g)] = l;
+        float * s       = &scores[size_t(g) * n];
+        st.m[size_t(g)] = *std::max_element(s, s + n);
+        st.l[size_t(g)] = vec_exp_sum(s, n, st.m[size_t(g)]);
     }
-    for (int64_t t = 0; t < n; ++t) {
-        fp16_to_fp32_row(&h.v[size_t(keys.at(t0 + t)) * size_t(d)], row.data(), d);
-        for (int g = 0; g < n_group; ++g) {
-            vec_axpy(&st.acc[size_t(g) * d], row.data(), scores[size_t(g) * n + t], d);
-        }
-    }
+    span_values(scores.data(), n_group, d, h, keys, t0, n, st.acc.data(), row);
 }
 
 // Folds b into a (both over disjoint key spans of the same queries).
