@@ -12,5 +12,6 @@ void bind_gguf(pybind11::module_ & m);
 void bind_tca(pybind11::module_ & m);  // bind_tca.cpp: TCA selection and calibration
 void bind_quants(pybind11::module_ & m);
 void bind_vocab(pybind11::module_ & m);
+void bind_calibrate(pybind11::module_ & m);  // bind_calibrate.cpp: statistics of tca-calibrate
 
 }  // namespace tca
