@@ -13,5 +13,6 @@ void bind_tca(pybind11::module_ & m);  // bind_tca.cpp: TCA selection and calibr
 void bind_sampling(pybind11::module_ & m);
 void bind_quants(pybind11::module_ & m);
 void bind_vocab(pybind11::module_ & m);
+void bind_calibrate(pybind11::module_ & m);  // bind_calibrate.cpp: statistics of tca-calibrate
 
 }  // namespace tca

@@ -26,4 +26,5 @@ PYBIND11_MODULE(_core, m) {
     tca::bind_sampling(m);
     tca::bind_quants(m);
     tca::bind_vocab(m);
+    tca::bind_calibrate(m);
 }
