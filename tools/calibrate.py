@@ -18,6 +18,7 @@ from pathlib import Path
 
 import gguf
 import numpy as np
+
 from tca import _core, fetch, tca_reference
 from tca.progress import Progress
 
@@ -51,6 +52,11 @@ def parse_args(argv):
     p.add_argument("--alpha", type=float, default=0.5, help="block score weight alpha (default 0.5)")
     p.add_argument("-t", "--threads", type=int, default=0, help="CPU threads (default: all cores)")
     p.add_argument("--plot", help="write a PNG heat map of the head densities (needs matplotlib)")
+    p.add_argument(
+        "--stats",
+        help="cache of the dense pass's statistics (.npz): reused when it matches the model and tokens, "
+        "else written; they do not depend on b, w, alpha or tau",
+    )
     args = p.parse_args(argv)
     b = args.block
     if b < 2 or b > 4096 or b & (b - 1):
@@ -88,6 +94,22 @@ def calibration_tokens(model, text: str, n_want: int) -> np.ndarray:
     if len(tokens) < n_want and len(prefix) < len(text):
         tokens = model.tokenize(text, True, False)
     return np.asarray(tokens[:n_want], dtype=np.int32)
+
+
+def dense_statistics(model, tokens: np.ndarray, args) -> tuple:
+    """m, s [n_layer, n_head_kv, L] from the engine's dense pass, or from the --stats cache when it was
+    written for the same model file and tokens."""
+    key = np.frombuffer(f"{Path(args.model).resolve()}:{Path(args.model).stat().st_size}".encode(), np.uint8)
+    if args.stats and Path(args.stats).is_file():
+        with np.load(args.stats) as cached:
+            if np.array_equal(cached["key"], key) and np.array_equal(cached["tokens"], tokens):
+                print(f"tca-calibrate: statistics from {args.stats}", file=sys.stderr)
+                return cached["m"], cached["s"]
+    with Progress("dense pass", total=model.n_layer, unit="layers") as bar:
+        m, s = _core.calibration_stats(model, tokens, args.threads, lambda done, total: bar.update(1))
+    if args.stats:
+        np.savez(args.stats, key=key, tokens=tokens, m=m, s=s)
+    return m, s
 
 
 def choose_configs(m, s, b: int, w: int, alpha: float, tau: float) -> dict:
@@ -252,8 +274,7 @@ def run(argv) -> None:
     )
 
     t0 = time.monotonic()
-    with Progress("dense pass", total=model.n_layer, unit="layers") as bar:
-        m, s = _core.calibration_stats(model, tokens, args.threads, lambda done, total: bar.update(1))
+    m, s = dense_statistics(model, tokens, args)
     choice = choose_configs(m, s, args.block, args.window, args.alpha, args.tau)
     seconds = time.monotonic() - t0
     write_calibrated(args.model, args.output, tca_metadata(args, choice, L, source))
