@@ -40,6 +40,6 @@ void get_rows(const weight & w, const int32_t * ids, int64_t n, float * out);
 double fma_peak_gflops(thread_pool & pool);
 
 // Smallest n_tok for which matmul (best kernels) takes the dequantize-and-FMA path.
-constexpr int64_t k_matmul_gemm_min_tokens = 8;
+constexpr int64_t k_matmul_gemm_min_tokens = 16;
 
 }  // namespace tca
