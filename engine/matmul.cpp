@@ -17,17 +17,18 @@ namespace {
 constexpr int k_panel_rows  = 32;  // weight rows per dequantized panel: two 16-lane vectors
 constexpr int k_tile_tokens = 8;   // tokens per micro-kernel tile: 2 x 8 accumulator vectors
 
-void check_weight(const weight & w) {
+// what: the calling function, for the message.
+void check_weight(const weight & w, const char * what) {
     const ggml_type_traits * t = ggml_type_traits_get(uint32_t(w.type));
     if (t == nullptr || !t->computable) {
-        fail("matmul: tensor type %s is not supported", t != nullptr ? t->name : "(unknown)");
+        fail("%s: tensor type %s is not supported", what, t != nullptr ? t->name : "(unknown)");
     }
     if (w.n_in <= 0 || w.n_out <= 0 || w.n_in % t->block_size != 0) {
-        fail("matmul: bad %s weight shape [%lld, %lld] (n_in must be a positive multiple of %lld)", t->name,
+        fail("%s: bad %s weight shape [%lld, %lld] (n_in must be a positive multiple of %lld)", what, t->name,
              (long long)w.n_out, (long long)w.n_in, (long long)t->block_size);
     }
     if (w.data == nullptr) {
-        fail("matmul: %s weight has no data", t->name);
+        fail("%s: %s weight has no data", what, t->name);
     }
 }
 
@@ -223,7 +224,7 @@ void matmul(const weight & w, const float * x, int64_t n_tok, float * y, thread_
 
 void matmul(const weight & w, const float * x, int64_t n_tok, float * y, thread_pool & pool,
             matmul_kernels kernels) {
-    check_weight(w);
+    check_weight(w, "matmul");
     if (n_tok <= 0) {
         return;
     }
@@ -238,7 +239,7 @@ void matmul(const weight & w, const float * x, int64_t n_tok, float * y, thread_
 }
 
 void get_rows(const weight & w, const int32_t * ids, int64_t n, float * out) {
-    check_weight(w);
+    check_weight(w, "get_rows");
     const size_t rb = w.row_bytes();
     for (int64_t t = 0; t < n; ++t) {
         if (ids[t] < 0 || ids[t] >= w.n_out) {
