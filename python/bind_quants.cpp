@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <memory>
+#include <tuple>
 
 #include "bind.h"
 #include "common.h"
@@ -132,6 +133,22 @@ py::array_t<float> py_fp16_to_fp32(const py::array_t<uint16_t, py::array::c_styl
     return out;
 }
 
+// The chunks parallel_for hands out, as (begin, end, chunk) in chunk order; fail_chunk >= 0 makes that
+// chunk throw, to check that the error reaches the caller.
+std::vector<std::tuple<int64_t, int64_t, int>> py_parallel_for_chunks(int n_threads, int64_t n,
+                                                                      int fail_chunk) {
+    std::vector<std::tuple<int64_t, int64_t, int>> seen(size_t(n_threads), {-1, -1, -1});
+    thread_pool pool(n_threads);
+    py::gil_scoped_release release;
+    pool.parallel_for(n, [&](int64_t begin, int64_t end, int chunk) {
+        seen[size_t(chunk)] = {begin, end, chunk};
+        if (chunk == fail_chunk) {
+            fail("chunk %d failed", chunk);
+        }
+    });
+    return seen;
+}
+
 double py_fma_peak_gflops(int n_threads) {
     thread_pool & pool = bound_pool(n_threads);
     py::gil_scoped_release release;
@@ -169,6 +186,8 @@ void bind_quants(py::module_ & m) {
           "fp16 bits of float32 values (round to nearest even).");
     m.def("fp16_to_fp32", &py_fp16_to_fp32, py::arg("bits"), py::arg("portable") = false,
           "float32 values of fp16 bits.");
+    m.def("parallel_for_chunks", &py_parallel_for_chunks, py::arg("n_threads"), py::arg("n"),
+          py::arg("fail_chunk") = -1, "The (begin, end, chunk) calls of a thread_pool's parallel_for.");
     m.def("fma_peak_gflops", &py_fma_peak_gflops, py::arg("n_threads"),
           "Measured fp32 FMA rate of n_threads threads, GFLOP/s.");
     m.attr("matmul_gemm_min_tokens") = k_matmul_gemm_min_tokens;
