@@ -46,6 +46,7 @@ weight checked_weight(uint32_t type_id, const u8_array & raw, int64_t n_in, int6
 }
 
 // The pool the bindings run on, kept between calls so that benchmarks do not time thread creation.
+// The functions that use it keep the GIL, which serializes them (parallel_for is not reentrant).
 thread_pool & bound_pool(int n_threads) {
     static std::unique_ptr<thread_pool> pool;
     if (n_threads < 1) {
@@ -89,10 +90,7 @@ py::array_t<float> py_matmul(uint32_t type_id, const u8_array & raw, int64_t n_i
     py::array_t<float> y({n_tok, n_out});
     float * yp         = y.mutable_data();
     thread_pool & pool = bound_pool(n_threads);
-    {
-        py::gil_scoped_release release;
-        matmul(w, xp, n_tok, yp, pool, scalar ? matmul_kernels::scalar : matmul_kernels::best);
-    }
+    matmul(w, xp, n_tok, yp, pool, scalar ? matmul_kernels::scalar : matmul_kernels::best);
     return y;
 }
 
@@ -105,7 +103,6 @@ std::vector<double> py_bench_matmul(uint32_t type_id, const u8_array & raw, int6
     std::vector<float> y(size_t(n_tok * n_out));
     thread_pool & pool = bound_pool(n_threads);
     std::vector<double> times;
-    py::gil_scoped_release release;
     matmul(w, xp, n_tok, y.data(), pool);
     for (int r = 0; r < n_repeat; ++r) {
         const auto t0 = std::chrono::steady_clock::now();
@@ -150,9 +147,7 @@ std::vector<std::tuple<int64_t, int64_t, int>> py_parallel_for_chunks(int n_thre
 }
 
 double py_fma_peak_gflops(int n_threads) {
-    thread_pool & pool = bound_pool(n_threads);
-    py::gil_scoped_release release;
-    return fma_peak_gflops(pool);
+    return fma_peak_gflops(bound_pool(n_threads));
 }
 
 py::array_t<float> py_get_rows(uint32_t type_id, const u8_array & raw, int64_t n_in, int64_t n_out,
