@@ -182,6 +182,14 @@ def test_matmul_scalar_kernels(qtype, n_tok):
     check_matmul(qtype, n_tok, n_in, 13, 2, True, 7 * n_tok + int(qtype))
 
 
+@pytest.mark.parametrize("qtype", FLOAT_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("n_in", [37, 100])
+def test_matmul_float_types_odd_width(qtype, n_in):
+    """Float weights have no blocks: widths that are no multiple of the vector length."""
+    for n_tok in (1, 3, 20):
+        check_matmul(qtype, n_tok, n_in, 35, 2, False, n_in + n_tok)
+
+
 @pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
 def test_simd_kernels_match_scalar(qtype):
     """Both paths quantize the activations identically, so only the fp32 summation order differs."""
