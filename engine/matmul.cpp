@@ -17,17 +17,18 @@ namespace {
 constexpr int k_panel_rows  = 32;  // weight rows per dequantized panel: two 16-lane vectors
 constexpr int k_tile_tokens = 8;   // tokens per micro-kernel tile: 2 x 8 accumulator vectors
 
-void check_weight(const weight & w) {
+// what: the calling function, for the message.
+void check_weight(const weight & w, const char * what) {
     const ggml_type_traits * t = ggml_type_traits_get(uint32_t(w.type));
     if (t == nullptr || !t->computable) {
-        fail("matmul: tensor type %s is not supported", t != nullptr ? t->name : "(unknown)");
+        fail("%s: tensor type %s is not supported", what, t != nullptr ? t->name : "(unknown)");
     }
     if (w.n_in <= 0 || w.n_out <= 0 || w.n_in % t->block_size != 0) {
-        fail("matmul: bad %s weight shape [%lld, %lld] (n_in must be a positive multiple of %lld)", t->name,
+        fail("%s: bad %s weight shape [%lld, %lld] (n_in must be a positive multiple of %lld)", what, t->name,
              (long long)w.n_out, (long long)w.n_in, (long long)t->block_size);
     }
     if (w.data == nullptr) {
-        fail("matmul: %s weight has no data", t->name);
+        fail("%s: %s weight has no data", what, t->name);
     }
 }
 
@@ -114,6 +115,60 @@ void gemm_tile(int64_t n_in, const float * wp, const float * xp, float * y, int6
 #endif
 }
 
+#if defined(__AVX512F__)
+// Transposes 16 vectors of 16 floats in place: r[i] lane j <-> r[j] lane i.
+inline void transpose16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 8; ++i) {  // pairs of rows interleaved: lane L holds columns 4L..4L+3
+        t[2 * i]     = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    __m512 u[16];  // u[4g + j], 128-bit lane L: column 4L + j of rows 4g..4g+3
+    for (int g = 0; g < 4; ++g) {
+        const __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 1]);
+        const __m512d c = _mm512_castps_pd(t[4 * g + 2]), d = _mm512_castps_pd(t[4 * g + 3]);
+        u[4 * g + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    for (int j = 0; j < 4; ++j) {  // a 4 x 4 transpose of 128-bit lanes across u[j], u[4 + j], ...
+        const __m512 p = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88),
+                     q = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xDD);
+        const __m512 v = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88);
+        const __m512 w = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xDD);
+        r[j]           = _mm512_shuffle_f32x4(p, v, 0x88);
+        r[4 + j]       = _mm512_shuffle_f32x4(q, w, 0x88);
+        r[8 + j]       = _mm512_shuffle_f32x4(p, v, 0xDD);
+        r[12 + j]      = _mm512_shuffle_f32x4(q, w, 0xDD);
+    }
+}
+#endif
+
+// wp [n_in, 32] = transpose of rows [32, n_in].
+void transpose_panel(const float * rows, int64_t n_in, float * wp) {
+    int64_t k0 = 0;
+#if defined(__AVX512F__)
+    for (; k0 + 16 <= n_in; k0 += 16) {
+        for (int h = 0; h < k_panel_rows / 16; ++h) {
+            __m512 r[16];
+            for (int i = 0; i < 16; ++i) {
+                r[i] = _mm512_loadu_ps(rows + (16 * h + i) * n_in + k0);
+            }
+            transpose16(r);
+            for (int i = 0; i < 16; ++i) {
+                _mm512_storeu_ps(wp + (k0 + i) * k_panel_rows + 16 * h, r[i]);
+            }
+        }
+    }
+#endif
+    for (int64_t k = k0; k < n_in; ++k) {
+        for (int r = 0; r < k_panel_rows; ++r) {
+            wp[k * k_panel_rows + r] = rows[r * n_in + k];
+        }
+    }
+}
+
 // Many tokens: each thread dequantizes panels of 32 weight rows into a transposed fp32 panel once
 // and runs every token tile against it.
 void matmul_gemm(const weight & w, const float * x, int64_t n_tok, float * y, thread_pool & pool) {
@@ -146,11 +201,7 @@ void matmul_gemm(const weight & w, const float * x, int64_t n_tok, float * y, th
                                rows.data() + r * n_in, n_in);
             }
             std::fill(rows.begin() + n_rows * n_in, rows.end(), 0.0f);
-            for (int64_t k = 0; k < n_in; ++k) {
-                for (int r = 0; r < k_panel_rows; ++r) {
-                    wp[k * k_panel_rows + r] = rows[r * n_in + k];
-                }
-            }
+            transpose_panel(rows.data(), n_in, wp.data());
             for (int64_t tile = 0; tile < n_tiles; ++tile) {
                 const int64_t t0 = tile * k_tile_tokens;
                 const int nt     = int(std::min<int64_t>(k_tile_tokens, n_tok - t0));
@@ -173,7 +224,7 @@ void matmul(const weight & w, const float * x, int64_t n_tok, float * y, thread_
 
 void matmul(const weight & w, const float * x, int64_t n_tok, float * y, thread_pool & pool,
             matmul_kernels kernels) {
-    check_weight(w);
+    check_weight(w, "matmul");
     if (n_tok <= 0) {
         return;
     }
@@ -188,7 +239,7 @@ void matmul(const weight & w, const float * x, int64_t n_tok, float * y, thread_
 }
 
 void get_rows(const weight & w, const int32_t * ids, int64_t n, float * out) {
-    check_weight(w);
+    check_weight(w, "get_rows");
     const size_t rb = w.row_bytes();
     for (int64_t t = 0; t < n; ++t) {
         if (ids[t] < 0 || ids[t] >= w.n_out) {

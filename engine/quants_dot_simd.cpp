@@ -1,8 +1,9 @@
 // SIMD dot products of weight rows with 8-bit activations (AVX2, with AVX-512 VNNI when the build has
-// it) and of float rows with fp32 activations (AVX-512). One 32-element weight block at a time: decode
-// its codes to 32 bytes, take the u8 x s8 dot product with the activation block into 8 int32 lanes,
-// convert and accumulate with the block's scale product. Zen 4 runs 512-bit integer ops as two 256-bit
-// halves, so 256-bit vectors lose nothing there and keep the AVX2 fallback the same code.
+// it) and of float rows with fp32 activations (AVX-512). Each 32-element weight block: decode its codes
+// to 32 bytes and take the u8 x s8 dot product with the activation block into 8 int32 lanes; 8 blocks
+// (a K-quant super-block's 8 sub-blocks) are reduced together so that one conversion and one FMA apply
+// their 8 scale products. Zen 4 runs 512-bit integer ops as two 256-bit halves, so 256-bit vectors lose
+// nothing there and keep the AVX2 fallback the same code.
 #include "quants_simd.h"
 
 #include <cstring>

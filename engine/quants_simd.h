@@ -40,9 +40,9 @@ inline float hsum(__m256 v) {
 
 // 32 nibble codes of a 32-block in element order: low nibbles of the 16 bytes, then the high ones.
 inline __m256i unpack_nibbles(const uint8_t * qs) {
-    const __m128i raw = _mm_loadu_si128((const __m128i *)qs);
-    const __m256i v   = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
-    return _mm256_and_si256(v, _mm256_set1_epi8(0xF));
+    // the 16 bytes in both halves, the upper half shifted right by 4 (one load, one shift)
+    const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
+    return _mm256_and_si256(_mm256_srlv_epi64(v, _mm256_setr_epi64x(0, 0, 4, 4)), _mm256_set1_epi8(0xF));
 }
 
 // Byte j = 0x10 where bit j of bits is set, else 0.

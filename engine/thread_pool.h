@@ -1,6 +1,8 @@
 // A fixed pool of worker threads for the parallel regions of the runtime (one per matmul or op).
 // Latency matters: a decode step runs a few hundred regions, so workers spin briefly on the region
-// counter before they sleep on a condition variable; an idle pool sleeps and uses no CPU.
+// counter before they sleep on a condition variable; an idle pool sleeps and uses no CPU. The chunks
+// of a region are claimed, not assigned: a thread that finishes early (the caller included) runs the
+// chunks no one has started, so a worker that the OS has not scheduled yet delays nothing.
 #pragma once
 
 #include <atomic>
@@ -23,26 +25,31 @@ class thread_pool {
 
     int size() const { return n_threads_; }
 
-    // Runs fn(begin, end, thread_index) over [0, n) split into contiguous chunks, one per thread
-    // (thread i gets [n i / T, n (i + 1) / T), empty chunks are skipped); returns when all are done.
-    // The first exception thrown by a chunk is rethrown here after every chunk has finished.
-    // Not reentrant: fn must not call parallel_for on the same pool.
+    // Runs fn(begin, end, chunk) over [0, n) split into size() contiguous chunks (chunk i is
+    // [n i / T, n (i + 1) / T), empty ones are skipped); returns when all are done. Each chunk runs
+    // exactly once, on one thread, so chunk can index per-thread scratch. The first exception thrown
+    // by a chunk is rethrown here after every chunk has finished. Not reentrant: fn must not call
+    // parallel_for on the same pool, and one thread at a time calls it.
     void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)> & fn);
 
   private:
-    void worker_main(int index);
-    void run_chunk(int index);
+    void worker_main();
+    void run_chunks(uint32_t generation);  // claims and runs chunks of that region until none is left
 
     int n_threads_;
-    std::vector<std::thread> workers_;  // [n_threads - 1]; worker k runs chunk k + 1
+    std::vector<std::thread> workers_;  // [n_threads - 1]
 
     std::mutex mutex_;
     std::condition_variable wake_;
-    std::atomic<uint64_t> generation_{0};  // bumped once per region; workers wait for a change
-    std::atomic<int> n_busy_{0};           // workers still running the current region
-    std::atomic<bool> stop_{false};        // set with a last bump of generation_ on destruction
+    // generation of the current region (high 32 bits) and its next unclaimed chunk (low 32 bits);
+    // workers wait for the generation to change.
+    std::atomic<uint64_t> state_{0};
+    std::atomic<int> n_done_{0};     // chunks of the current region finished
+    std::atomic<bool> stop_{false};  // set with a last generation bump on destruction
+    uint32_t generation_ = 0;        // the caller's copy
 
-    // The current region, written before generation_ is bumped (release) and read after it is seen.
+    // The current region, written before state_ is published (release) and read after a chunk is
+    // claimed (acquire); it cannot change while a claimed chunk is unfinished.
     const std::function<void(int64_t, int64_t, int)> * fn_ = nullptr;
     int64_t n_                                             = 0;
     std::exception_ptr error_;  // guarded by mutex_

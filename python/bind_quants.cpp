@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <memory>
+#include <tuple>
 
 #include "bind.h"
 #include "common.h"
@@ -45,6 +46,7 @@ weight checked_weight(uint32_t type_id, const u8_array & raw, int64_t n_in, int6
 }
 
 // The pool the bindings run on, kept between calls so that benchmarks do not time thread creation.
+// The functions that use it keep the GIL, which serializes them (parallel_for is not reentrant).
 thread_pool & bound_pool(int n_threads) {
     static std::unique_ptr<thread_pool> pool;
     if (n_threads < 1) {
@@ -88,10 +90,7 @@ py::array_t<float> py_matmul(uint32_t type_id, const u8_array & raw, int64_t n_i
     py::array_t<float> y({n_tok, n_out});
     float * yp         = y.mutable_data();
     thread_pool & pool = bound_pool(n_threads);
-    {
-        py::gil_scoped_release release;
-        matmul(w, xp, n_tok, yp, pool, scalar ? matmul_kernels::scalar : matmul_kernels::best);
-    }
+    matmul(w, xp, n_tok, yp, pool, scalar ? matmul_kernels::scalar : matmul_kernels::best);
     return y;
 }
 
@@ -104,7 +103,6 @@ std::vector<double> py_bench_matmul(uint32_t type_id, const u8_array & raw, int6
     std::vector<float> y(size_t(n_tok * n_out));
     thread_pool & pool = bound_pool(n_threads);
     std::vector<double> times;
-    py::gil_scoped_release release;
     matmul(w, xp, n_tok, y.data(), pool);
     for (int r = 0; r < n_repeat; ++r) {
         const auto t0 = std::chrono::steady_clock::now();
@@ -132,10 +130,24 @@ py::array_t<float> py_fp16_to_fp32(const py::array_t<uint16_t, py::array::c_styl
     return out;
 }
 
-double py_fma_peak_gflops(int n_threads) {
-    thread_pool & pool = bound_pool(n_threads);
+// The chunks parallel_for hands out, as (begin, end, chunk) in chunk order; fail_chunk >= 0 makes that
+// chunk throw, to check that the error reaches the caller.
+std::vector<std::tuple<int64_t, int64_t, int>> py_parallel_for_chunks(int n_threads, int64_t n,
+                                                                      int fail_chunk) {
+    std::vector<std::tuple<int64_t, int64_t, int>> seen(size_t(n_threads), {-1, -1, -1});
+    thread_pool pool(n_threads);
     py::gil_scoped_release release;
-    return fma_peak_gflops(pool);
+    pool.parallel_for(n, [&](int64_t begin, int64_t end, int chunk) {
+        seen[size_t(chunk)] = {begin, end, chunk};
+        if (chunk == fail_chunk) {
+            fail("chunk %d failed", chunk);
+        }
+    });
+    return seen;
+}
+
+double py_fma_peak_gflops(int n_threads) {
+    return fma_peak_gflops(bound_pool(n_threads));
 }
 
 py::array_t<float> py_get_rows(uint32_t type_id, const u8_array & raw, int64_t n_in, int64_t n_out,
@@ -169,6 +181,8 @@ void bind_quants(py::module_ & m) {
           "fp16 bits of float32 values (round to nearest even).");
     m.def("fp16_to_fp32", &py_fp16_to_fp32, py::arg("bits"), py::arg("portable") = false,
           "float32 values of fp16 bits.");
+    m.def("parallel_for_chunks", &py_parallel_for_chunks, py::arg("n_threads"), py::arg("n"),
+          py::arg("fail_chunk") = -1, "The (begin, end, chunk) calls of a thread_pool's parallel_for.");
     m.def("fma_peak_gflops", &py_fma_peak_gflops, py::arg("n_threads"),
           "Measured fp32 FMA rate of n_threads threads, GFLOP/s.");
     m.attr("matmul_gemm_min_tokens") = k_matmul_gemm_min_tokens;

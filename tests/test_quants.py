@@ -183,6 +183,14 @@ def test_matmul_scalar_kernels(qtype, n_tok):
     check_matmul(qtype, n_tok, n_in, 13, 2, True, 7 * n_tok + int(qtype))
 
 
+@pytest.mark.parametrize("qtype", FLOAT_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("n_in", [37, 100])
+def test_matmul_float_types_odd_width(qtype, n_in):
+    """Float weights have no blocks: widths that are no multiple of the vector length."""
+    for n_tok in (1, 3, 20):
+        check_matmul(qtype, n_tok, n_in, 35, 2, False, n_in + n_tok)
+
+
 @pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
 def test_simd_kernels_match_scalar(qtype):
     """Both paths quantize the activations identically, so only the fp32 summation order differs."""
@@ -231,6 +239,25 @@ def test_bad_input_is_an_error():
         _core.matmul(int(T.Q4_0), raw, 64, 4, np.ones((2, 32), dtype=np.float32), 1)
     with pytest.raises(_core.TcaError, match="n_threads"):
         _core.matmul(int(T.Q4_0), raw, 64, 4, x, 0)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3, 5])
+@pytest.mark.parametrize("n", [1, 2, 7, 1000])
+def test_thread_pool_chunks(n_threads, n):
+    for _ in range(20):  # the claiming order varies from run to run
+        calls = _core.parallel_for_chunks(n_threads, n)
+        if n_threads == 1 or n == 1:
+            assert calls[0] == (0, n, 0)
+            continue
+        expected = [(n * i // n_threads, n * (i + 1) // n_threads, i) for i in range(n_threads)]
+        assert [c if c[2] >= 0 else None for c in calls] == [e if e[0] < e[1] else None for e in expected]
+
+
+def test_thread_pool_error_reaches_caller():
+    for n_threads in (2, 3):
+        for fail_chunk in range(n_threads):
+            with pytest.raises(_core.TcaError, match=f"chunk {fail_chunk} failed"):
+                _core.parallel_for_chunks(n_threads, 10, fail_chunk)
 
 
 def smollm2_gguf(tmp_dir):
