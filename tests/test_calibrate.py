@@ -8,6 +8,7 @@ import time
 import gguf
 import numpy as np
 import pytest
+
 from tca import TcaError, _core, fetch, reference
 from tca import tca_reference as tr
 from tca.tools import calibrate
