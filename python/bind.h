@@ -6,6 +6,8 @@
 namespace tca {
 
 void bind_model(pybind11::module_ & m);
-
+#ifdef TCA_HAVE_CUDA
+void bind_cuda(pybind11::module_ & m);  // python/bind_cuda.cpp
+#endif
 
 }  // namespace tca

@@ -20,4 +20,9 @@ PYBIND11_MODULE(_core, m) {
         }
     });
     tca::bind_model(m);
+#ifdef TCA_HAVE_CUDA
+    tca::bind_cuda(m);
+#else
+    m.def("cuda_available", [] { return false; });
+#endif
 }

@@ -1,0 +1,202 @@
+// Kernels over ggml blocks. matvec: one warp per output row, each lane takes whole units of the row
+// (16 to 32 contiguous bytes) and the warp reduces; x is read through the cache (all warps share it).
+#include "common.cuh"
+#include "quant_blocks.cuh"
+#include "quant_matvec.cuh"
+
+namespace tca {
+
+namespace {
+
+constexpr int kMatvecWarps = 4;
+
+template <ggml_type T>
+__global__ void __launch_bounds__(32 * kMatvecWarps)
+    matvec_kernel(const uint8_t * w, size_t row_bytes, int64_t n_in, int64_t n_out, const float * x,
+                  float * y) {
+    using Q           = qtraits<T>;
+    const int64_t row = int64_t(blockIdx.x) * kMatvecWarps + threadIdx.x / 32;
+    const int lane    = threadIdx.x % 32;
+    if (row >= n_out) {
+        return;
+    }
+    const uint8_t * src   = w + row * row_bytes;
+    const int64_t n_units = n_in / Q::unit;
+    float acc             = 0.0f;
+    for (int64_t u = lane; u < n_units; u += 32) {
+        float v[Q::unit];
+        dequant_unit<T>(src, u, v);
+        const float4 * xv = reinterpret_cast<const float4 *>(x + u * Q::unit);
+#pragma unroll
+        for (int c = 0; c < Q::unit / 4; ++c) {
+            const float4 xx = __ldg(xv + c);
+            acc += v[4 * c] * xx.x + v[4 * c + 1] * xx.y + v[4 * c + 2] * xx.z + v[4 * c + 3] * xx.w;
+        }
+    }
+    for (int o = 16; o > 0; o /= 2) {
+        acc += __shfl_xor_sync(0xffffffff, acc, o);
+    }
+    if (lane == 0) {
+        y[row] = acc;
+    }
+}
+
+// One thread per unit of the selected rows; src_row(r) gives the weight row of output row r.
+template <ggml_type T, typename Out, typename RowOf>
+__global__ void dequant_rows_kernel(const uint8_t * w, size_t row_bytes, int64_t n_in, int64_t n_rows,
+                                    RowOf row_of, Out * out) {
+    using Q               = qtraits<T>;
+    const int64_t n_units = n_in / Q::unit;
+    const int64_t idx     = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (idx >= n_rows * n_units) {
+        return;
+    }
+    const int64_t r = idx / n_units;
+    const int64_t u = idx % n_units;
+    float v[Q::unit];
+    dequant_unit<T>(w + row_of(r) * row_bytes, u, v);
+    Out * dst = out + r * n_in + u * Q::unit;
+#pragma unroll
+    for (int e = 0; e < Q::unit; ++e) {
+        dst[e] = Out(v[e]);
+    }
+}
+
+struct row_offset {
+    int64_t row0;
+    __device__ int64_t operator()(int64_t r) const { return row0 + r; }
+};
+struct row_ids {
+    const int32_t * ids;
+    __device__ int64_t operator()(int64_t r) const { return ids[r]; }
+};
+
+// Calls fn.template operator()<T>() for the kernel instance of w's type; fails for other types.
+template <typename Fn>
+void quant_dispatch(const qweight_cuda & w, const char * what, Fn && fn) {
+    switch (w.type) {
+        case ggml_type::F16:
+            fn.template operator()<ggml_type::F16>();
+            break;
+        case ggml_type::Q8_0:
+            fn.template operator()<ggml_type::Q8_0>();
+            break;
+        case ggml_type::Q4_0:
+            fn.template operator()<ggml_type::Q4_0>();
+            break;
+        case ggml_type::Q4_1:
+            fn.template operator()<ggml_type::Q4_1>();
+            break;
+        case ggml_type::Q4_K:
+            fn.template operator()<ggml_type::Q4_K>();
+            break;
+        case ggml_type::Q6_K:
+            fn.template operator()<ggml_type::Q6_K>();
+            break;
+        default:
+            fail("%s: weight type %s is not supported on CUDA", what, ggml_traits(w.type).name);
+    }
+}
+
+void quant_check(const qweight_cuda & w, const char * what) {
+    if (!quant_cuda_supported(w.type)) {
+        fail("%s: weight type %s is not supported on CUDA", what, ggml_traits(w.type).name);
+    }
+    const int64_t qk = ggml_traits(w.type).block_size;
+    if (w.n_in <= 0 || w.n_out <= 0 || w.n_in % qk != 0) {
+        fail("%s: weight [%lld, %lld] of type %s: n_in must be a positive multiple of %lld", what,
+             (long long)w.n_out, (long long)w.n_in, ggml_traits(w.type).name, (long long)qk);
+    }
+}
+
+// Launchers of each kernel for one weight type (see quant_dispatch).
+struct matvec_launch {
+    const qweight_cuda & w;
+    const float * x;
+    float * y;
+    cudaStream_t stream;
+    template <ggml_type T>
+    void operator()() const {
+        const auto grid = unsigned(ceil_div(w.n_out, kMatvecWarps));
+        matvec_kernel<T><<<grid, 32 * kMatvecWarps, 0, stream>>>(static_cast<const uint8_t *>(w.data),
+                                                                 w.row_bytes(), w.n_in, w.n_out, x, y);
+        CUDA_CHECK_LAUNCH("matvec_kernel");
+    }
+};
+
+struct dequant_launch {
+    const qweight_cuda & w;
+    int64_t row0;
+    int64_t n_rows;
+    __half * out;
+    cudaStream_t stream;
+    template <ggml_type T>
+    void operator()() const {
+        const int64_t n = n_rows * (w.n_in / qtraits<T>::unit);
+        dequant_rows_kernel<T, __half><<<unsigned(ceil_div(n, 256)), 256, 0, stream>>>(
+            static_cast<const uint8_t *>(w.data), w.row_bytes(), w.n_in, n_rows, row_offset{row0}, out);
+        CUDA_CHECK_LAUNCH("dequant_rows_kernel");
+    }
+};
+
+struct get_rows_launch {
+    const qweight_cuda & w;
+    const int32_t * ids;
+    int64_t n;
+    float * out;
+    cudaStream_t stream;
+    template <ggml_type T>
+    void operator()() const {
+        const int64_t n_units = n * (w.n_in / qtraits<T>::unit);
+        dequant_rows_kernel<T, float><<<unsigned(ceil_div(n_units, 256)), 256, 0, stream>>>(
+            static_cast<const uint8_t *>(w.data), w.row_bytes(), w.n_in, n, row_ids{ids}, out);
+        CUDA_CHECK_LAUNCH("dequant_rows_kernel");
+    }
+};
+
+}  // namespace
+
+size_t qweight_cuda::row_bytes() const {
+    const ggml_type_traits & t = ggml_traits(type);
+    return size_t(n_in / t.block_size) * t.type_size;
+}
+
+bool quant_cuda_supported(ggml_type type) {
+    switch (type) {
+        case ggml_type::F16:
+        case ggml_type::Q8_0:
+        case ggml_type::Q4_0:
+        case ggml_type::Q4_1:
+        case ggml_type::Q4_K:
+        case ggml_type::Q6_K:
+            return true;
+        default:
+            return false;
+    }
+}
+
+void matvec_cuda(const qweight_cuda & w, const float * x, float * y, cudaStream_t stream) {
+    quant_check(w, "matvec_cuda");
+    quant_dispatch(w, "matvec_cuda", matvec_launch{w, x, y, stream});
+}
+
+void dequantize_f16_cuda(const qweight_cuda & w, int64_t row0, int64_t n_rows, __half * out,
+                         cudaStream_t stream) {
+    quant_check(w, "dequantize_f16_cuda");
+    if (row0 < 0 || n_rows < 0 || row0 + n_rows > w.n_out) {
+        fail("dequantize_f16_cuda: rows [%lld, %lld) outside the weight's %lld rows", (long long)row0,
+             (long long)(row0 + n_rows), (long long)w.n_out);
+    }
+    if (n_rows > 0) {
+        quant_dispatch(w, "dequantize_f16_cuda", dequant_launch{w, row0, n_rows, out, stream});
+    }
+}
+
+void get_rows_cuda(const qweight_cuda & w, const int32_t * ids, int64_t n, float * out, cudaStream_t stream) {
+    quant_check(w, "get_rows_cuda");
+    if (n > 0) {
+        quant_dispatch(w, "get_rows_cuda", get_rows_launch{w, ids, n, out, stream});
+    }
+}
+
+}  // namespace tca
