@@ -4,7 +4,7 @@
 // group, so K/V tiles are shared by the whole GQA group) and walks that tile's key list in tiles of
 // kTileN keys: first the extra entries below the largest lo of the tile, then the dense range
 // [min lo, max hi). Each key is masked per query with the CPU core's rule. Two shapes share the code:
-//   prefill (M = 64): each of the 4 warps owns 16 rows and all keys of a tile;
+//   prefill (M = 128): each of the 4 warps owns 32 rows (two m-tiles) and all keys of a tile;
 //   decode  (M = 16): the 4 warps share the rows and take a quarter of each tile's keys each, and their
 //                     softmax states are merged in shared memory at the end.
 // The key list may be split over gridDim.z CTAs; their partial results (output normalised within
@@ -27,7 +27,8 @@ constexpr float kLog2e = 1.4426950408889634f;
 
 template <int D, bool SPLIT_KEYS>
 struct attn_cfg {
-    static constexpr int M         = SPLIT_KEYS ? 16 : 16 * kWarps;          // packed query rows per CTA
+    static constexpr int MT        = SPLIT_KEYS ? 1 : 2;                     // 16-row m-tiles per warp
+    static constexpr int M         = SPLIT_KEYS ? 16 : 16 * MT * kWarps;     // packed query rows per CTA
     static constexpr int NK        = SPLIT_KEYS ? kTileN / kWarps : kTileN;  // keys of a tile per warp
     static constexpr int LD        = D + 8;  // shared row stride in halves: 16-byte pad, no bank conflicts
     static constexpr int LDO       = D + 4;  // row stride of the fp32 merge buffer
@@ -35,8 +36,8 @@ struct attn_cfg {
     static constexpr size_t kv     = 2 * 2 * tile * sizeof(__half);  // double-buffered K and V
     static constexpr size_t merge  = SPLIT_KEYS ? size_t(kWarps) * 16 * (LDO + 2) * sizeof(float) : 0;
     static constexpr size_t region = kv > merge ? kv : merge;
-    static constexpr size_t smem   = region + 2 * kTileN * sizeof(int32_t);  // + key indices per buffer
-    static_assert(size_t(M) * LD <= 4 * tile, "Q staging must fit in the K/V region");
+    static constexpr size_t q      = size_t(M) * LD * sizeof(__half);
+    static constexpr size_t smem   = region + q + 2 * kTileN * sizeof(int32_t);  // + key indices per buffer
 };
 
 // Where a CTA's results go: the final output, or the partials of its split.
@@ -77,11 +78,13 @@ struct attn_sink {
 
 template <int D, bool SPLIT_KEYS>
 __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p, int n_split) {
-    using C = attn_cfg<D, SPLIT_KEYS>;
+    using C          = attn_cfg<D, SPLIT_KEYS>;
+    constexpr int MT = C::MT;
     extern __shared__ __align__(16) unsigned char smem[];
-    __half * s_kv   = reinterpret_cast<__half *>(smem);               // [buf][K|V][kTileN][LD]
-    int32_t * s_key = reinterpret_cast<int32_t *>(smem + C::region);  // [buf][kTileN] cache index or -1
-    __shared__ int s_ext[5];                                          // lo_min, hi_max, lo_max, hi_min, n_ex
+    __half * s_kv   = reinterpret_cast<__half *>(smem);                      // [buf][K|V][kTileN][LD]
+    __half * s_q    = reinterpret_cast<__half *>(smem + C::region);          // [M][LD]
+    int32_t * s_key = reinterpret_cast<int32_t *>(smem + C::region + C::q);  // [buf][kTileN] index or -1
+    __shared__ int s_ext[5];  // lo_min, hi_max, lo_max, hi_min, n_ex
 
     const int warp    = threadIdx.x / 32;
     const int lane    = threadIdx.x % 32;
@@ -91,8 +94,10 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
     const int split   = blockIdx.z;
     const int n_group = p.n_head / p.n_head_kv;
 
+    // Query tiles run last-first: in causal prefill the later tiles have the most keys, and starting them
+    // first shortens the tail of the launch.
     const int64_t n_rows  = p.n_q * n_group;
-    const int64_t row0    = int64_t(blockIdx.x) * C::M;
+    const int64_t row0    = int64_t(gridDim.x - 1 - blockIdx.x) * C::M;
     const int32_t * lo    = p.lo + int64_t(ig) * p.n_q;
     const int32_t * hi    = p.hi + int64_t(ig) * p.n_q;
     const int32_t * extra = p.extra_offset ? p.extra + p.extra_offset[ig] : nullptr;
@@ -108,12 +113,14 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
         s_ext[3] = INT_MAX;
     }
     __syncthreads();
-    if (threadIdx.x < C::M && row0 + threadIdx.x < n_rows) {
-        const int64_t i = (row0 + threadIdx.x) / n_group;
-        atomicMin(&s_ext[0], lo[i]);
-        atomicMax(&s_ext[1], hi[i]);
-        atomicMax(&s_ext[2], lo[i]);
-        atomicMin(&s_ext[3], hi[i]);
+    for (int r = threadIdx.x; r < C::M; r += kThreads) {
+        if (row0 + r < n_rows) {
+            const int64_t i = (row0 + r) / n_group;
+            atomicMin(&s_ext[0], lo[i]);
+            atomicMax(&s_ext[1], hi[i]);
+            atomicMax(&s_ext[2], lo[i]);
+            atomicMin(&s_ext[3], hi[i]);
+        }
     }
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -130,7 +137,7 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
         s_ext[4] = a;
     }
 
-    // Q rows, pre-scaled into the log2 domain, staged as fp16 in the K/V region and kept in registers.
+    // Q rows, pre-scaled into the log2 domain, as fp16 in shared memory.
     const float q_scale = p.scale * kLog2e;
     for (int c = threadIdx.x; c < C::M * D / 4; c += kThreads) {
         const int r      = c / (D / 4);
@@ -141,34 +148,31 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
             const int64_t h = int64_t(ig) * n_group + pr % n_group;
             x = *reinterpret_cast<const float4 *>(p.q + ((pr / n_group) * p.n_head + h) * D + d);
         }
-        __half2 * dst = reinterpret_cast<__half2 *>(s_kv + r * C::LD + d);
+        __half2 * dst = reinterpret_cast<__half2 *>(s_q + r * C::LD + d);
         dst[0]        = __floats2half2_rn(x.x * q_scale, x.y * q_scale);
         dst[1]        = __floats2half2_rn(x.z * q_scale, x.w * q_scale);
     }
     __syncthreads();
-    const int qrow0 = SPLIT_KEYS ? 0 : 16 * warp;
-    uint32_t qa[D / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-        ldmatrix_x4(qa[kk],
-                    s_kv + (qrow0 + (lane % 8) + 8 * ((lane / 8) % 2)) * C::LD + 16 * kk + 8 * (lane / 16));
-    }
+    const int qrow0   = SPLIT_KEYS ? 0 : 16 * MT * warp;
     const int lo_min  = s_ext[0];
     const int lo_max  = s_ext[2];
     const int hi_min  = s_ext[3];
     const int n_ex    = s_ext[4];
     const int n_dense = max(0, s_ext[1] - lo_min);
     const int n_keys  = n_ex + n_dense;
-    __syncthreads();  // Q staging area is reused by the K/V tiles
 
-    // This thread's two rows (g and g + 8 of its warp's 16): their key ranges; padding rows see nothing.
-    int rlo[2];
-    int rhi[2];
+    // This thread's rows (g and g + 8 of each of its warp's m-tiles): their key ranges; padding rows see
+    // nothing.
+    int rlo[MT][2];
+    int rhi[MT][2];
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int64_t pr = row0 + qrow0 + g + 8 * r;
-        rlo[r]           = pr < n_rows ? lo[pr / n_group] : 0;
-        rhi[r]           = pr < n_rows ? hi[pr / n_group] : 0;
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int64_t pr = row0 + qrow0 + 16 * mt + g + 8 * r;
+            rlo[mt][r]       = pr < n_rows ? lo[pr / n_group] : 0;
+            rhi[mt][r]       = pr < n_rows ? hi[pr / n_group] : 0;
+        }
     }
 
     const int n_tiles = (n_keys + kTileN - 1) / kTileN;
@@ -196,12 +200,17 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
         }
     };
 
-    float m[2] = {-INFINITY, -INFINITY};
-    float l[2] = {0.0f, 0.0f};
-    float o[D / 8][4];
+    float m[MT][2];
+    float l[MT][2];
+    float o[MT][D / 8][4];
 #pragma unroll
-    for (int j = 0; j < D / 8; ++j) {
-        o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+    for (int mt = 0; mt < MT; ++mt) {
+        m[mt][0] = m[mt][1] = -INFINITY;
+        l[mt][0] = l[mt][1] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < D / 8; ++j) {
+            o[mt][j][0] = o[mt][j][1] = o[mt][j][2] = o[mt][j][3] = 0.0f;
+        }
     }
     const int kofs = SPLIT_KEYS ? C::NK * warp : 0;
 
@@ -223,21 +232,33 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
         const __half * s_v   = s_k + C::tile;
         const int32_t * keys = s_key + buf * kTileN;
 
-        // S = Q K^T for this warp's 16 rows and NK keys.
-        float s[C::NK / 8][4];
+        // S = Q K^T for this warp's rows and NK keys; each K fragment serves MT m-tiles.
+        float s[MT][C::NK / 8][4];
 #pragma unroll
-        for (int j = 0; j < C::NK / 8; ++j) {
-            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+        for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+            for (int j = 0; j < C::NK / 8; ++j) {
+                s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.0f;
+            }
         }
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk) {
+            uint32_t qa[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                ldmatrix_x4(qa[mt], s_q + (qrow0 + 16 * mt + (lane % 8) + 8 * ((lane / 8) % 2)) * C::LD +
+                                        16 * kk + 8 * (lane / 16));
+            }
 #pragma unroll
             for (int np = 0; np < C::NK / 16; ++np) {
                 uint32_t b[4];
                 ldmatrix_x4(b, s_k + (kofs + 16 * np + (lane % 8) + 8 * (lane / 16)) * C::LD + 16 * kk +
                                    8 * ((lane / 8) % 2));
-                mma_f16_f32(s[2 * np], qa[kk], b[0], b[1]);
-                mma_f16_f32(s[2 * np + 1], qa[kk], b[2], b[3]);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma_f16_f32(s[mt][2 * np], qa[mt], b[0], b[1]);
+                    mma_f16_f32(s[mt][2 * np + 1], qa[mt], b[2], b[3]);
+                }
             }
         }
 
@@ -255,9 +276,13 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
                     const int key  = keys[col];
                     const int r    = e >> 1;
                     const bool ext = t0 + col < n_ex;
-                    const bool vis = key >= 0 && (ext ? key < rlo[r] : (key >= rlo[r] && key < rhi[r]));
-                    if (!vis) {
-                        s[j][e] = -INFINITY;
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt) {
+                        const bool vis =
+                            key >= 0 && (ext ? key < rlo[mt][r] : (key >= rlo[mt][r] && key < rhi[mt][r]));
+                        if (!vis) {
+                            s[mt][j][e] = -INFINITY;
+                        }
                     }
                 }
             }
@@ -265,65 +290,82 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
 
         // Online softmax: rescale the running state to the new row maxima.
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            float mx = m[r];
+        for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-            for (int j = 0; j < C::NK / 8; ++j) {
-                mx = fmaxf(mx, fmaxf(s[j][2 * r], s[j][2 * r + 1]));
-            }
-            mx                = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
-            mx                = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
-            const float base  = mx == -INFINITY ? 0.0f : mx;  // a row with no key yet stays at zero
-            const float alpha = fast_exp2(m[r] - base);
-            m[r]              = mx;
-            float sum         = 0.0f;
+            for (int r = 0; r < 2; ++r) {
+                float mx = m[mt][r];
 #pragma unroll
-            for (int j = 0; j < C::NK / 8; ++j) {
-                s[j][2 * r]     = fast_exp2(s[j][2 * r] - base);
-                s[j][2 * r + 1] = fast_exp2(s[j][2 * r + 1] - base);
-                sum += s[j][2 * r] + s[j][2 * r + 1];
-            }
-            l[r] = l[r] * alpha + sum;
+                for (int j = 0; j < C::NK / 8; ++j) {
+                    mx = fmaxf(mx, fmaxf(s[mt][j][2 * r], s[mt][j][2 * r + 1]));
+                }
+                mx                = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+                mx                = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+                const float base  = mx == -INFINITY ? 0.0f : mx;  // a row with no key yet stays at zero
+                const float alpha = fast_exp2(m[mt][r] - base);
+                m[mt][r]          = mx;
+                float sum         = 0.0f;
 #pragma unroll
-            for (int j = 0; j < D / 8; ++j) {
-                o[j][2 * r] *= alpha;
-                o[j][2 * r + 1] *= alpha;
+                for (int j = 0; j < C::NK / 8; ++j) {
+                    s[mt][j][2 * r]     = fast_exp2(s[mt][j][2 * r] - base);
+                    s[mt][j][2 * r + 1] = fast_exp2(s[mt][j][2 * r + 1] - base);
+                    sum += s[mt][j][2 * r] + s[mt][j][2 * r + 1];
+                }
+                l[mt][r] = l[mt][r] * alpha + sum;
+#pragma unroll
+                for (int j = 0; j < D / 8; ++j) {
+                    o[mt][j][2 * r] *= alpha;
+                    o[mt][j][2 * r + 1] *= alpha;
+                }
             }
         }
 
         // O += P V: the S accumulators of two adjacent key groups form one A fragment.
 #pragma unroll
         for (int kc = 0; kc < C::NK / 16; ++kc) {
-            const uint32_t a[4] = {pack_half2(s[2 * kc][0], s[2 * kc][1]),
-                                   pack_half2(s[2 * kc][2], s[2 * kc][3]),
-                                   pack_half2(s[2 * kc + 1][0], s[2 * kc + 1][1]),
-                                   pack_half2(s[2 * kc + 1][2], s[2 * kc + 1][3])};
+            uint32_t a[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                a[mt][0] = pack_half2(s[mt][2 * kc][0], s[mt][2 * kc][1]);
+                a[mt][1] = pack_half2(s[mt][2 * kc][2], s[mt][2 * kc][3]);
+                a[mt][2] = pack_half2(s[mt][2 * kc + 1][0], s[mt][2 * kc + 1][1]);
+                a[mt][3] = pack_half2(s[mt][2 * kc + 1][2], s[mt][2 * kc + 1][3]);
+            }
 #pragma unroll
             for (int dp = 0; dp < D / 16; ++dp) {
                 uint32_t b[4];
                 ldmatrix_x4_trans(b, s_v + (kofs + 16 * kc + (lane % 8) + 8 * ((lane / 8) % 2)) * C::LD +
                                          16 * dp + 8 * (lane / 16));
-                mma_f16_f32(o[2 * dp], a, b[0], b[1]);
-                mma_f16_f32(o[2 * dp + 1], a, b[2], b[3]);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma_f16_f32(o[mt][2 * dp], a[mt], b[0], b[1]);
+                    mma_f16_f32(o[mt][2 * dp + 1], a[mt], b[2], b[3]);
+                }
             }
         }
         __syncthreads();  // the next iteration's load overwrites this buffer
     }
 
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        l[r] += __shfl_xor_sync(0xffffffff, l[r], 1);
-        l[r] += __shfl_xor_sync(0xffffffff, l[r], 2);
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            l[mt][r] += __shfl_xor_sync(0xffffffff, l[mt][r], 1);
+            l[mt][r] += __shfl_xor_sync(0xffffffff, l[mt][r], 2);
+        }
     }
 
     const attn_sink sink{p.out, p.work, p.n_q, p.n_head, D, row0, n_group, ig, split, n_split};
     if (!SPLIT_KEYS) {
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
+        for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-            for (int j = 0; j < D / 8; ++j) {
-                sink.emit(qrow0 + g + 8 * r, 8 * j + 2 * t4, o[j][2 * r], l[r], m[r]);
-                sink.emit(qrow0 + g + 8 * r, 8 * j + 2 * t4 + 1, o[j][2 * r + 1], l[r], m[r]);
+            for (int r = 0; r < 2; ++r) {
+                const int row = qrow0 + 16 * mt + g + 8 * r;
+#pragma unroll
+                for (int j = 0; j < D / 8; ++j) {
+                    sink.emit(row, 8 * j + 2 * t4, o[mt][j][2 * r], l[mt][r], m[mt][r]);
+                    sink.emit(row, 8 * j + 2 * t4 + 1, o[mt][j][2 * r + 1], l[mt][r], m[mt][r]);
+                }
             }
         }
         return;
@@ -337,13 +379,13 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
     for (int r = 0; r < 2; ++r) {
         const int row = g + 8 * r;
         if (t4 == 0) {
-            s_ml[warp * 16 + row]               = m[r];
-            s_ml[kWarps * 16 + warp * 16 + row] = l[r];
+            s_ml[warp * 16 + row]               = m[0][r];
+            s_ml[kWarps * 16 + warp * 16 + row] = l[0][r];
         }
 #pragma unroll
         for (int j = 0; j < D / 8; ++j) {
-            s_o[(warp * 16 + row) * C::LDO + 8 * j + 2 * t4]     = o[j][2 * r];
-            s_o[(warp * 16 + row) * C::LDO + 8 * j + 2 * t4 + 1] = o[j][2 * r + 1];
+            s_o[(warp * 16 + row) * C::LDO + 8 * j + 2 * t4]     = o[0][j][2 * r];
+            s_o[(warp * 16 + row) * C::LDO + 8 * j + 2 * t4 + 1] = o[0][j][2 * r + 1];
         }
     }
     __syncthreads();
@@ -427,7 +469,7 @@ int attention_cuda_n_split(const attn_cuda_params & p) {
     if (p.n_split > 0) {
         return std::min(p.n_split, 65535);
     }
-    const int64_t m_rows   = attn_split_keys(p) ? 16 : 16 * kWarps;
+    const int64_t m_rows   = attn_split_keys(p) ? 16 : 2 * 16 * kWarps;
     const int64_t n_ctas   = p.n_head_kv * ceil_div(p.n_q * (p.n_head / p.n_head_kv), m_rows);
     const int64_t target   = 2 * int64_t(cuda_sm_count());
     const int64_t by_keys  = std::max<int64_t>(1, p.n_keys_max / (8 * kTileN));  // >= 8 tiles per split

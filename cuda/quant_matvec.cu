@@ -1,5 +1,6 @@
-// Kernels over ggml blocks. matvec: one warp per output row, each lane takes whole units of the row
-// (16 to 32 contiguous bytes) and the warp reduces; x is read through the cache (all warps share it).
+// Kernels over ggml blocks. matvec: one warp per kMatvecRows output rows; each lane takes whole units
+// (16 to 64 contiguous bytes of a row), reads the matching x chunk once through the cache for all its rows,
+// and the warp reduces.
 #include "common.cuh"
 #include "quant_blocks.cuh"
 #include "quant_matvec.cuh"
@@ -9,35 +10,51 @@ namespace tca {
 namespace {
 
 constexpr int kMatvecWarps = 4;
+constexpr int kMatvecRows  = 4;  // rows per warp: each x chunk read from cache serves this many rows
 
 template <ggml_type T>
 __global__ void __launch_bounds__(32 * kMatvecWarps)
     matvec_kernel(const uint8_t * w, size_t row_bytes, int64_t n_in, int64_t n_out, const float * x,
                   float * y) {
-    using Q           = qtraits<T>;
-    const int64_t row = int64_t(blockIdx.x) * kMatvecWarps + threadIdx.x / 32;
-    const int lane    = threadIdx.x % 32;
-    if (row >= n_out) {
+    using Q            = qtraits<T>;
+    const int64_t row0 = (int64_t(blockIdx.x) * kMatvecWarps + threadIdx.x / 32) * kMatvecRows;
+    const int lane     = threadIdx.x % 32;
+    if (row0 >= n_out) {
         return;
     }
-    const uint8_t * src   = w + row * row_bytes;
-    const int64_t n_units = n_in / Q::unit;
-    float acc             = 0.0f;
+    const int64_t n_units  = n_in / Q::unit;
+    float acc[kMatvecRows] = {};
     for (int64_t u = lane; u < n_units; u += 32) {
-        float v[Q::unit];
-        dequant_unit<T>(src, u, v);
-        const float4 * xv = reinterpret_cast<const float4 *>(x + u * Q::unit);
+        float xv[Q::unit];
+        const float4 * xp = reinterpret_cast<const float4 *>(x + u * Q::unit);
 #pragma unroll
         for (int c = 0; c < Q::unit / 4; ++c) {
-            const float4 xx = __ldg(xv + c);
-            acc += v[4 * c] * xx.x + v[4 * c + 1] * xx.y + v[4 * c + 2] * xx.z + v[4 * c + 3] * xx.w;
+            const float4 xx = __ldg(xp + c);
+            xv[4 * c]       = xx.x;
+            xv[4 * c + 1]   = xx.y;
+            xv[4 * c + 2]   = xx.z;
+            xv[4 * c + 3]   = xx.w;
+        }
+#pragma unroll
+        for (int rr = 0; rr < kMatvecRows; ++rr) {
+            // Rows past the end re-read the last row (branch-free); their sums are dropped below.
+            const int64_t row = min(row0 + rr, n_out - 1);
+            float v[Q::unit];
+            dequant_unit<T>(w + row * row_bytes, u, v);
+#pragma unroll
+            for (int e = 0; e < Q::unit; ++e) {
+                acc[rr] += v[e] * xv[e];
+            }
         }
     }
-    for (int o = 16; o > 0; o /= 2) {
-        acc += __shfl_xor_sync(0xffffffff, acc, o);
-    }
-    if (lane == 0) {
-        y[row] = acc;
+#pragma unroll
+    for (int rr = 0; rr < kMatvecRows; ++rr) {
+        for (int o = 16; o > 0; o /= 2) {
+            acc[rr] += __shfl_xor_sync(0xffffffff, acc[rr], o);
+        }
+        if (lane == 0 && row0 + rr < n_out) {
+            y[row0 + rr] = acc[rr];
+        }
     }
 }
 
@@ -117,7 +134,7 @@ struct matvec_launch {
     cudaStream_t stream;
     template <ggml_type T>
     void operator()() const {
-        const auto grid = unsigned(ceil_div(w.n_out, kMatvecWarps));
+        const auto grid = unsigned(ceil_div(w.n_out, kMatvecWarps * kMatvecRows));
         matvec_kernel<T><<<grid, 32 * kMatvecWarps, 0, stream>>>(static_cast<const uint8_t *>(w.data),
                                                                  w.row_bytes(), w.n_in, w.n_out, x, y);
         CUDA_CHECK_LAUNCH("matvec_kernel");

@@ -94,12 +94,15 @@ def test_attention_matches_cpu_semantics(case):
 
 def test_attention_split_count_does_not_change_result():
     rng = np.random.default_rng(7)
-    q = rng.standard_normal((5, 8, 64)).astype(np.float32)
+    q = (rng.standard_normal((5, 8, 64)) * 2).astype(np.float32)
     k, v = random_kv(rng, 2, 700, 64)
     lo, hi = causal_plan(2, 5, 700)
+    ref = attention_ref(q, k, v, lo, hi, [])
     outs = [_core.cuda_attention(q, k, v, lo, hi, [], s) for s in (1, 2, 7)]
-    for o in outs[1:]:
-        assert rel_err(o, outs[0].astype(np.float64)) < 1e-5
+    for o in outs:
+        assert rel_err(o, ref) < 4e-3
+        # splits only move where the fp16 probabilities are rounded
+        assert rel_err(o, outs[0].astype(np.float64)) < 1e-3
 
 
 def test_attention_query_without_keys_writes_zeros():
