@@ -84,7 +84,10 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
     __half * s_kv   = reinterpret_cast<__half *>(smem);                      // [buf][K|V][kTileN][LD]
     __half * s_q    = reinterpret_cast<__half *>(smem + C::region);          // [M][LD]
     int32_t * s_key = reinterpret_cast<int32_t *>(smem + C::region + C::q);  // [buf][kTileN] index or -1
-    __shared__ int s_ext[5];  // lo_min, hi_max, lo_max, hi_min, n_ex
+    // lo_min, hi_max, lo_max, hi_min; n_ex; extras below lo_min; [t_lo, t_hi): list positions whose dense
+    // keys lie in every row's range [lo_max, hi_min). Tiles of those need no mask; read from here in the loop
+    // rather than held in registers.
+    __shared__ int s_ext[8];
 
     const int warp    = threadIdx.x / 32;
     const int lane    = threadIdx.x % 32;
@@ -124,17 +127,24 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
     }
     __syncthreads();
     if (threadIdx.x == 0) {
-        int a = 0;
-        int b = n_extra;
-        while (a < b) {
-            const int mid = (a + b) / 2;
-            if (extra[mid] < s_ext[2]) {
-                a = mid + 1;
-            } else {
-                b = mid;
+        auto count_below = [&](int bound) {  // extras are sorted: binary search
+            int a = 0;
+            int b = n_extra;
+            while (a < b) {
+                const int mid = (a + b) / 2;
+                if (extra[mid] < bound) {
+                    a = mid + 1;
+                } else {
+                    b = mid;
+                }
             }
-        }
-        s_ext[4] = a;
+            return a;
+        };
+        const int n_ex = count_below(s_ext[2]);
+        s_ext[4]       = n_ex;
+        s_ext[5]       = count_below(s_ext[0]);
+        s_ext[6]       = n_ex + s_ext[2] - s_ext[0];
+        s_ext[7]       = n_ex + min(s_ext[1], s_ext[3]) - s_ext[0];
     }
 
     // Q rows, pre-scaled into the log2 domain, as fp16 in shared memory.
@@ -155,8 +165,6 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
     __syncthreads();
     const int qrow0   = SPLIT_KEYS ? 0 : 16 * MT * warp;
     const int lo_min  = s_ext[0];
-    const int lo_max  = s_ext[2];
-    const int hi_min  = s_ext[3];
     const int n_ex    = s_ext[4];
     const int n_dense = max(0, s_ext[1] - lo_min);
     const int n_keys  = n_ex + n_dense;
@@ -262,11 +270,10 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
             }
         }
 
-        // Mask unless every key of the tile is dense and inside every row's range.
-        const int t0      = tile * kTileN;
-        const int j_first = lo_min + t0 - n_ex;
-        const bool all_valid =
-            t0 >= n_ex && t0 + kTileN <= n_keys && j_first >= lo_max && j_first + kTileN <= hi_min;
+        // Mask unless every key of the tile is visible to every row: dense keys inside every row's range,
+        // or extras all below every row's lo.
+        const int t0         = tile * kTileN;
+        const bool all_valid = (t0 >= s_ext[6] && t0 + kTileN <= s_ext[7]) || t0 + kTileN <= s_ext[5];
         if (!all_valid) {
 #pragma unroll
             for (int j = 0; j < C::NK / 8; ++j) {

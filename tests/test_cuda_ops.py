@@ -80,6 +80,8 @@ ATTN_CASES = [
     (1, 8, 2, 64, 3001, 100, 300, 0),  # decode with extras
     (3, 8, 2, 128, 1025, 0, 0, 1),  # decode shape, several queries, no split
     (3, 8, 1, 64, 999, 50, 20, 5),  # decode shape, GQA 8, extras, forced split
+    (64, 8, 2, 64, 3000, 128, 1500, 0),  # many extras: whole tiles of extras seen by every row
+    (1, 8, 2, 128, 4000, 256, 2000, 0),  # the same in the decode shape
 ]
 
 
