@@ -68,6 +68,13 @@ struct qtraits<ggml_type::Q6_K> {
     static constexpr int qk = 256, unit = 32, bytes = 210;
 };
 
+// float(v) - bias for 0 <= v < 2^22 without the int-to-float converter (a quarter-rate unit that bounds
+// these kernels): v placed in the mantissa of 2^23, then 2^23 + bias subtracted; exact.
+template <int BIAS>
+__device__ __forceinline__ float small_to_float(uint32_t v) {
+    return __uint_as_float(0x4B000000u | v) - float(8388608 + BIAS);
+}
+
 __device__ __forceinline__ void q4k_scale_min(int j, const uint8_t * q, float & sc, float & mn) {
     if (j < 4) {
         sc = float(q[j] & 63);
@@ -108,8 +115,8 @@ __device__ __forceinline__ void dequant_unit<ggml_type::Q8_0>(const uint8_t * ro
 #pragma unroll
     for (int e = 0; e < 16; ++e) {
         const uint16_t v = w[e];
-        y[2 * e]         = d * float(int8_t(v & 0xFF));
-        y[2 * e + 1]     = d * float(int8_t(v >> 8));
+        y[2 * e]         = d * small_to_float<128>((v & 0xFF) ^ 0x80);  // int8 + 128
+        y[2 * e + 1]     = d * small_to_float<128>((v >> 8) ^ 0x80);
     }
 }
 
@@ -121,10 +128,10 @@ __device__ __forceinline__ void dequant_unit<ggml_type::Q4_0>(const uint8_t * ro
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
         const uint16_t v  = w[e];
-        y[2 * e]          = d * float(int(v & 0xF) - 8);
-        y[2 * e + 1]      = d * float(int((v >> 8) & 0xF) - 8);
-        y[16 + 2 * e]     = d * float(int((v >> 4) & 0xF) - 8);
-        y[16 + 2 * e + 1] = d * float(int(v >> 12) - 8);
+        y[2 * e]          = d * small_to_float<8>(v & 0xF);
+        y[2 * e + 1]      = d * small_to_float<8>((v >> 8) & 0xF);
+        y[16 + 2 * e]     = d * small_to_float<8>((v >> 4) & 0xF);
+        y[16 + 2 * e + 1] = d * small_to_float<8>(v >> 12);
     }
 }
 
@@ -139,8 +146,8 @@ __device__ __forceinline__ void dequant_unit<ggml_type::Q4_1>(const uint8_t * ro
         const uint32_t v = w[c];
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-            y[4 * c + e]      = d * float((v >> (8 * e)) & 0xF) + m;
-            y[16 + 4 * c + e] = d * float((v >> (8 * e + 4)) & 0xF) + m;
+            y[4 * c + e]      = d * small_to_float<0>((v >> (8 * e)) & 0xF) + m;
+            y[16 + 4 * c + e] = d * small_to_float<0>((v >> (8 * e + 4)) & 0xF) + m;
         }
     }
 }
@@ -164,8 +171,8 @@ __device__ __forceinline__ void dequant_unit<ggml_type::Q4_K>(const uint8_t * ro
 #pragma unroll
         for (int e = 0; e < 16; ++e) {
             const uint32_t q   = (w[e / 4] >> (8 * (e % 4))) & 0xFF;
-            y[16 * c + e]      = d0 * float(q & 0xF) - m0;
-            y[32 + 16 * c + e] = d1 * float(q >> 4) - m1;
+            y[16 * c + e]      = d0 * small_to_float<0>(q & 0xF) - m0;
+            y[32 + 16 * c + e] = d1 * small_to_float<0>(q >> 4) - m1;
         }
     }
 }
@@ -185,8 +192,8 @@ __device__ __forceinline__ void dequant_unit<ggml_type::Q6_K>(const uint8_t * ro
     const float d_hi     = d * float(b->scales[8 * h + 2 * k + 1]);
 #pragma unroll
     for (int l = 0; l < 32; ++l) {
-        const int q = ((ql[l] >> shl) & 0xF) | (((qh[l] >> shh) & 3) << 4);
-        y[l]        = (l < 16 ? d_lo : d_hi) * float(q - 32);
+        const uint32_t q = ((ql[l] >> shl) & 0xF) | (((qh[l] >> shh) & 3) << 4);
+        y[l]             = (l < 16 ? d_lo : d_hi) * small_to_float<32>(q);
     }
 }
 
