@@ -1,6 +1,6 @@
 // Kernels over ggml blocks. matvec: one warp per kMatvecRows output rows; each lane takes whole units
 // (16 to 64 contiguous bytes of a row), reads the matching x chunk once through the cache for all its rows,
-// and the warp reduces.
+// and the warp reduces. Q4_K multiplies with int8 activations (dp4a); the other types in fp32.
 #include "common.cuh"
 #include "quant_blocks.cuh"
 #include "quant_matvec.cuh"
@@ -45,6 +45,90 @@ __global__ void __launch_bounds__(32 * kMatvecWarps)
             for (int e = 0; e < Q::unit; ++e) {
                 acc[rr] += v[e] * xv[e];
             }
+        }
+    }
+#pragma unroll
+    for (int rr = 0; rr < kMatvecRows; ++rr) {
+        for (int o = 16; o > 0; o /= 2) {
+            acc[rr] += __shfl_xor_sync(0xffffffff, acc[rr], o);
+        }
+        if (lane == 0 && row0 + rr < n_out) {
+            y[row0 + rr] = acc[rr];
+        }
+    }
+}
+
+// Activations for the integer path: x quantized per 32 elements to int8, qx [n_in], with ds [n_in / 32]
+// = (scale, sum of x) so that sum_e x_e w_e ~ scale * sum_e qx_e w_e. One warp per 32-element block.
+__global__ void quantize_x_q8_kernel(const float * x, int64_t n_blocks, int8_t * qx, float2 * ds) {
+    const int64_t b = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+    const int lane  = threadIdx.x % 32;
+    if (b >= n_blocks) {
+        return;
+    }
+    const float v = x[b * 32 + lane];
+    float amax    = fabsf(v);
+    float sum     = v;
+    for (int o = 16; o > 0; o /= 2) {
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffff, amax, o));
+        sum += __shfl_xor_sync(0xffffffff, sum, o);
+    }
+    const float d     = amax / 127.0f;
+    qx[b * 32 + lane] = int8_t(d > 0.0f ? __float2int_rn(v / d) : 0);
+    if (lane == 0) {
+        ds[b] = make_float2(d, sum);
+    }
+}
+
+// Q4_K against int8 activations with dp4a: unit u of a row is the pair of 32-element sub-blocks 2p, 2p+1
+// of super-block u / 4 (p = u % 4), whose 32 bytes hold sub-block 2p in the low nibbles and 2p+1 in the
+// high ones. Per sub-block: d * sc * scale_x * sum(q * qx) - dmin * mn * sum(x).
+__global__ void __launch_bounds__(32 * kMatvecWarps)
+    matvec_q4k_q8_kernel(const uint8_t * w, size_t row_bytes, int64_t n_in, int64_t n_out, const int8_t * qx,
+                         const float2 * ds, float * y) {
+    const int64_t row0 = (int64_t(blockIdx.x) * kMatvecWarps + threadIdx.x / 32) * kMatvecRows;
+    const int lane     = threadIdx.x % 32;
+    if (row0 >= n_out) {
+        return;
+    }
+    const int64_t n_units  = n_in / 64;
+    float acc[kMatvecRows] = {};
+    for (int64_t u = lane; u < n_units; u += 32) {
+        int xq[16];  // [0, 8): sub-block 2p, [8, 16): sub-block 2p + 1, 4 values each
+        const int4 * xp = reinterpret_cast<const int4 *>(qx + u * 64);
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+            const int4 v  = __ldg(xp + c);
+            xq[4 * c]     = v.x;
+            xq[4 * c + 1] = v.y;
+            xq[4 * c + 2] = v.z;
+            xq[4 * c + 3] = v.w;
+        }
+        const float2 ds0 = __ldg(ds + 2 * u);
+        const float2 ds1 = __ldg(ds + 2 * u + 1);
+#pragma unroll
+        for (int rr = 0; rr < kMatvecRows; ++rr) {
+            const int64_t row    = min(row0 + rr, n_out - 1);  // past the end: re-read, dropped below
+            const block_q4_k * b = reinterpret_cast<const block_q4_k *>(w + row * row_bytes) + u / 4;
+            const int p          = int(u % 4);
+            const uint4 * src    = reinterpret_cast<const uint4 *>(b->qs + 32 * p);
+            const uint4 q0       = src[0];
+            const uint4 q1       = src[1];
+            const uint32_t qw[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
+            int s0               = 0;
+            int s1               = 0;
+#pragma unroll
+            for (int k = 0; k < 8; ++k) {
+                s0 = __dp4a(int(qw[k] & 0x0F0F0F0Fu), xq[k], s0);
+                s1 = __dp4a(int((qw[k] >> 4) & 0x0F0F0F0Fu), xq[8 + k], s1);
+            }
+            float sc0, mn0, sc1, mn1;
+            q4k_scale_min(2 * p, b->scales, sc0, mn0);
+            q4k_scale_min(2 * p + 1, b->scales, sc1, mn1);
+            const float d    = __half2float(b->d);
+            const float dmin = __half2float(b->dmin);
+            acc[rr] +=
+                d * (sc0 * ds0.x * float(s0) + sc1 * ds1.x * float(s1)) - dmin * (mn0 * ds0.y + mn1 * ds1.y);
         }
     }
 #pragma unroll
@@ -131,13 +215,27 @@ struct matvec_launch {
     const qweight_cuda & w;
     const float * x;
     float * y;
+    void * work;
     cudaStream_t stream;
     template <ggml_type T>
     void operator()() const {
-        const auto grid = unsigned(ceil_div(w.n_out, kMatvecWarps * kMatvecRows));
-        matvec_kernel<T><<<grid, 32 * kMatvecWarps, 0, stream>>>(static_cast<const uint8_t *>(w.data),
-                                                                 w.row_bytes(), w.n_in, w.n_out, x, y);
-        CUDA_CHECK_LAUNCH("matvec_kernel");
+        const auto grid      = unsigned(ceil_div(w.n_out, kMatvecWarps * kMatvecRows));
+        const uint8_t * data = static_cast<const uint8_t *>(w.data);
+        if constexpr (T == ggml_type::Q4_K) {
+            // Integer dot products, as ggml's own CPU and CUDA paths do for K-quants.
+            const int64_t n_blocks = w.n_in / 32;
+            int8_t * qx            = static_cast<int8_t *>(work);
+            float2 * ds            = reinterpret_cast<float2 *>(qx + w.n_in);
+            quantize_x_q8_kernel<<<unsigned(ceil_div(n_blocks, 8)), 256, 0, stream>>>(x, n_blocks, qx, ds);
+            CUDA_CHECK_LAUNCH("quantize_x_q8_kernel");
+            matvec_q4k_q8_kernel<<<grid, 32 * kMatvecWarps, 0, stream>>>(data, w.row_bytes(), w.n_in, w.n_out,
+                                                                         qx, ds, y);
+            CUDA_CHECK_LAUNCH("matvec_q4k_q8_kernel");
+        } else {
+            matvec_kernel<T>
+                <<<grid, 32 * kMatvecWarps, 0, stream>>>(data, w.row_bytes(), w.n_in, w.n_out, x, y);
+            CUDA_CHECK_LAUNCH("matvec_kernel");
+        }
     }
 };
 
@@ -192,9 +290,18 @@ bool quant_cuda_supported(ggml_type type) {
     }
 }
 
-void matvec_cuda(const qweight_cuda & w, const float * x, float * y, cudaStream_t stream) {
+size_t matvec_cuda_work_bytes(const qweight_cuda & w) {
+    // n_in is a multiple of 256 for Q4_K, so the float2 array after the int8 values stays aligned.
+    return w.type == ggml_type::Q4_K ? size_t(w.n_in) + size_t(w.n_in / 32) * sizeof(float2) : 0;
+}
+
+void matvec_cuda(const qweight_cuda & w, const float * x, float * y, void * work, cudaStream_t stream) {
     quant_check(w, "matvec_cuda");
-    quant_dispatch(w, "matvec_cuda", matvec_launch{w, x, y, stream});
+    if (matvec_cuda_work_bytes(w) > 0 && work == nullptr) {
+        fail("matvec_cuda: type %s needs a workspace of %zu bytes", ggml_traits(w.type).name,
+             matvec_cuda_work_bytes(w));
+    }
+    quant_dispatch(w, "matvec_cuda", matvec_launch{w, x, y, work, stream});
 }
 
 void dequantize_f16_cuda(const qweight_cuda & w, int64_t row0, int64_t n_rows, __half * out,

@@ -25,8 +25,12 @@ struct qweight_cuda {
 // Whether these kernels read this type (F16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K).
 bool quant_cuda_supported(ggml_type type);
 
-// y[o] = sum_i w[o, i] * x[i];  x [n_in], y [n_out] fp32.
-void matvec_cuda(const qweight_cuda & w, const float * x, float * y, cudaStream_t stream);
+// Workspace of matvec_cuda: Q4_K quantizes x to int8 per 32 values (like ggml's q8 activations) and
+// multiplies in integers; the other types need none (0).
+size_t matvec_cuda_work_bytes(const qweight_cuda & w);
+
+// y[o] = sum_i w[o, i] * x[i];  x [n_in], y [n_out] fp32; work: matvec_cuda_work_bytes(w) bytes or null.
+void matvec_cuda(const qweight_cuda & w, const float * x, float * y, void * work, cudaStream_t stream);
 
 // out [n_rows, n_in] fp16 = rows [row0, row0 + n_rows) of w, dequantized.
 void dequantize_f16_cuda(const qweight_cuda & w, int64_t row0, int64_t n_rows, __half * out,

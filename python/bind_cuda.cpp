@@ -260,7 +260,8 @@ f32_array py_matvec(int type_id, const u8_array & data, int64_t n_in, const f32_
     dbuf<float> dx(x.data(), size_t(x.size()));
     dbuf<float> y(size_t(w.w.n_out));
     y.poison();
-    matvec_cuda(w.w, dx.p, y.p, nullptr);
+    dbuf<uint8_t> work(matvec_cuda_work_bytes(w.w));
+    matvec_cuda(w.w, dx.p, y.p, work.p, nullptr);
     f32_array res(py::ssize_t(y.n));
     y.download(res.mutable_data());
     return res;
@@ -395,12 +396,13 @@ std::vector<float> py_bench_matvec(int type_id, int64_t n_out, int64_t n_in, int
     fill_bytes_cuda(data.p, int64_t(data.n), 4, 0x3B, nullptr);
     dbuf<float> x{size_t(n_in)};
     dbuf<float> y{size_t(n_out)};
+    dbuf<uint8_t> work(matvec_cuda_work_bytes(w));
     fill_uniform_f32_cuda(x.p, n_in, 5, -1.0f, 1.0f, nullptr);
     std::vector<float> ms = time_cuda(
         [&](int) {
             for (int i = 0; i < n_inner; ++i) {
                 w.data = data.p + bytes * size_t(i % n_copies);
-                matvec_cuda(w, x.p, y.p, nullptr);
+                matvec_cuda(w, x.p, y.p, work.p, nullptr);
             }
         },
         2, n_repeat, nullptr);

@@ -183,7 +183,8 @@ def test_matvec(name):
     type_id, data, deq = random_weight(rng, name, n_out, n_in)
     x = rng.standard_normal(n_in).astype(np.float32)
     y = _core.cuda_matvec(type_id, data, n_in, x)
-    assert rel_err(y, deq.astype(np.float64) @ x) < 1e-5
+    # Q4_K multiplies with x quantized to int8 per 32 values (as ggml does): about 1e-3 relative
+    assert rel_err(y, deq.astype(np.float64) @ x) < (5e-3 if name == "Q4_K" else 1e-5)
 
 
 @pytest.mark.parametrize("name", list(QTYPES))
