@@ -36,8 +36,27 @@ struct block_q6_k {
     int8_t scales[16];
     __half d;
 };
+struct block_q5_0 {
+    __half d;
+    uint8_t qh[4];   // bit j: fifth bit of element j
+    uint8_t qs[16];  // like Q4_0; elements minus 16
+};
+struct block_q5_1 {
+    __half d;
+    __half m;
+    uint8_t qh[4];
+    uint8_t qs[16];
+};
+struct block_q5_k {
+    __half d;
+    __half dmin;
+    uint8_t scales[12];
+    uint8_t qh[32];  // bit 2p (low nibbles) and 2p + 1 (high) of byte l: fifth bits of sub-blocks 2p, 2p + 1
+    uint8_t qs[128];
+};
 static_assert(sizeof(block_q8_0) == 34 && sizeof(block_q4_0) == 18 && sizeof(block_q4_1) == 20 &&
-                  sizeof(block_q4_k) == 144 && sizeof(block_q6_k) == 210,
+                  sizeof(block_q5_0) == 22 && sizeof(block_q5_1) == 24 && sizeof(block_q4_k) == 144 &&
+                  sizeof(block_q5_k) == 176 && sizeof(block_q6_k) == 210,
               "ggml block sizes");
 
 // Per type: elements per block, elements per unit, bytes per block.
@@ -58,6 +77,18 @@ struct qtraits<ggml_type::Q4_0> {
 template <>
 struct qtraits<ggml_type::Q4_1> {
     static constexpr int qk = 32, unit = 32, bytes = 20;
+};
+template <>
+struct qtraits<ggml_type::Q5_0> {
+    static constexpr int qk = 32, unit = 32, bytes = 22;
+};
+template <>
+struct qtraits<ggml_type::Q5_1> {
+    static constexpr int qk = 32, unit = 32, bytes = 24;
+};
+template <>
+struct qtraits<ggml_type::Q5_K> {
+    static constexpr int qk = 256, unit = 64, bytes = 176;
 };
 template <>
 struct qtraits<ggml_type::Q4_K> {
@@ -149,6 +180,56 @@ __device__ __forceinline__ void dequant_unit<ggml_type::Q4_1>(const uint8_t * ro
             y[4 * c + e]      = d * small_to_float<0>((v >> (8 * e)) & 0xF) + m;
             y[16 + 4 * c + e] = d * small_to_float<0>((v >> (8 * e + 4)) & 0xF) + m;
         }
+    }
+}
+
+// Q5_0 and Q5_1: element j has the low 4 bits in qs like Q4_0, the fifth in bit j of qh.
+template <ggml_type T, int BIAS, typename Block>
+__device__ __forceinline__ void dequant_q5(const Block * b, float d, float m, float * y) {
+    const uint16_t * w  = reinterpret_cast<const uint16_t *>(b->qs);  // 2-byte aligned in both layouts
+    const uint16_t * hw = reinterpret_cast<const uint16_t *>(b->qh);
+    const uint32_t qh   = uint32_t(hw[0]) | (uint32_t(hw[1]) << 16);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+        const uint32_t v = w[e];
+        const int j      = 2 * e;
+        y[j]             = d * small_to_float<BIAS>((v & 0xF) | (((qh >> j) & 1) << 4)) + m;
+        y[j + 1]         = d * small_to_float<BIAS>(((v >> 8) & 0xF) | (((qh >> (j + 1)) & 1) << 4)) + m;
+        y[16 + j]        = d * small_to_float<BIAS>(((v >> 4) & 0xF) | (((qh >> (j + 16)) & 1) << 4)) + m;
+        y[17 + j]        = d * small_to_float<BIAS>((v >> 12) | (((qh >> (j + 17)) & 1) << 4)) + m;
+    }
+}
+
+template <>
+__device__ __forceinline__ void dequant_unit<ggml_type::Q5_0>(const uint8_t * row, int64_t u, float * y) {
+    const block_q5_0 * b = reinterpret_cast<const block_q5_0 *>(row) + u;
+    dequant_q5<ggml_type::Q5_0, 16>(b, __half2float(b->d), 0.0f, y);
+}
+
+template <>
+__device__ __forceinline__ void dequant_unit<ggml_type::Q5_1>(const uint8_t * row, int64_t u, float * y) {
+    const block_q5_1 * b = reinterpret_cast<const block_q5_1 *>(row) + u;
+    dequant_q5<ggml_type::Q5_1, 0>(b, __half2float(b->d), __half2float(b->m), y);
+}
+
+// Unit u of Q5_K: like Q4_K (pair p of super-block u / 4), fifth bits from bits 2p and 2p + 1 of qh[l].
+template <>
+__device__ __forceinline__ void dequant_unit<ggml_type::Q5_K>(const uint8_t * row, int64_t u, float * y) {
+    const block_q5_k * b = reinterpret_cast<const block_q5_k *>(row) + u / 4;
+    const int p          = int(u % 4);
+    const float d        = __half2float(b->d);
+    const float dmin     = __half2float(b->dmin);
+    float sc0, mn0, sc1, mn1;
+    q4k_scale_min(2 * p, b->scales, sc0, mn0);
+    q4k_scale_min(2 * p + 1, b->scales, sc1, mn1);
+    const float d0 = d * sc0, m0 = dmin * mn0, d1 = d * sc1, m1 = dmin * mn1;
+    const uint8_t * ql = b->qs + 32 * p;
+#pragma unroll
+    for (int l = 0; l < 32; ++l) {
+        const uint32_t q = ql[l];
+        const uint32_t h = uint32_t(b->qh[l]) >> (2 * p);
+        y[l]             = d0 * small_to_float<0>((q & 0xF) | ((h & 1) << 4)) - m0;
+        y[32 + l]        = d1 * small_to_float<0>((q >> 4) | ((h & 2) << 3)) - m1;
     }
 }
 

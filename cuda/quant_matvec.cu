@@ -188,6 +188,15 @@ void quant_dispatch(const qweight_cuda & w, const char * what, Fn && fn) {
         case ggml_type::Q4_1:
             fn.template operator()<ggml_type::Q4_1>();
             break;
+        case ggml_type::Q5_0:
+            fn.template operator()<ggml_type::Q5_0>();
+            break;
+        case ggml_type::Q5_1:
+            fn.template operator()<ggml_type::Q5_1>();
+            break;
+        case ggml_type::Q5_K:
+            fn.template operator()<ggml_type::Q5_K>();
+            break;
         case ggml_type::Q4_K:
             fn.template operator()<ggml_type::Q4_K>();
             break;
@@ -282,6 +291,9 @@ bool quant_cuda_supported(ggml_type type) {
         case ggml_type::Q8_0:
         case ggml_type::Q4_0:
         case ggml_type::Q4_1:
+        case ggml_type::Q5_0:
+        case ggml_type::Q5_1:
+        case ggml_type::Q5_K:
         case ggml_type::Q4_K:
         case ggml_type::Q6_K:
             return true;

@@ -22,7 +22,7 @@ struct qweight_cuda {
     size_t row_bytes() const;
 };
 
-// Whether these kernels read this type (F16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K).
+// Whether these kernels read this type (F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K).
 bool quant_cuda_supported(ggml_type type);
 
 // Workspace of matvec_cuda: Q4_K quantizes x to int8 per 32 values (like ggml's q8 activations) and

@@ -154,6 +154,9 @@ QTYPES = {
     "Q8_0": (8, 32, 34, (0,)),
     "Q4_0": (2, 32, 18, (0,)),
     "Q4_1": (3, 32, 20, (0, 2)),
+    "Q5_0": (6, 32, 22, (0,)),
+    "Q5_1": (7, 32, 24, (0, 2)),
+    "Q5_K": (13, 256, 176, (0, 2)),
     "Q4_K": (12, 256, 144, (0, 2)),
     "Q6_K": (14, 256, 210, (208,)),
 }
@@ -231,8 +234,8 @@ def test_matmul_cublas(name):
 
 
 def test_matvec_rejects_unsupported_type():
-    with pytest.raises(_core.TcaError, match="type id 6"):  # Q5_0
-        _core.cuda_matvec(6, np.zeros((1, 22), np.uint8), 32, np.ones(32, np.float32))
+    with pytest.raises(_core.TcaError, match="type id 11"):  # Q3_K
+        _core.cuda_matvec(11, np.zeros((1, 110), np.uint8), 256, np.ones(256, np.float32))
 
 
 # ---- element-wise and row-wise ops -------------------------------------------------------------------

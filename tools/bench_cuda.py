@@ -19,9 +19,14 @@ from tca import _core
 
 N_HEAD, N_HEAD_KV, HEAD_DIM = 32, 8, 128
 WINDOW, GLOBAL_STRIDE = 4096, 10
-TYPE_IDS = {"F16": 1, "Q4_K": 12}
+TYPE_IDS = {"F16": 1, "Q4_K": 12, "Q8_0": 8, "Q6_K": 14}
 MATVEC_SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336)]  # (n_out, n_in)
-ROW_BYTES = {"F16": lambda n_in: 2 * n_in, "Q4_K": lambda n_in: n_in // 256 * 144}
+ROW_BYTES = {
+    "F16": lambda n_in: 2 * n_in,
+    "Q4_K": lambda n_in: n_in // 256 * 144,
+    "Q8_0": lambda n_in: n_in // 32 * 34,
+    "Q6_K": lambda n_in: n_in // 256 * 210,
+}
 
 
 def median(ms):
