@@ -1,6 +1,6 @@
 // Kernels over ggml blocks. matvec: one warp per kMatvecRows output rows; each lane takes whole units
 // (16 to 64 contiguous bytes of a row), reads the matching x chunk once through the cache for all its rows,
-// and the warp reduces. Q4_K multiplies with int8 activations (dp4a); the other types in fp32.
+// and the warp reduces. Q8_0, Q4_K and Q6_K multiply with int8 activations (dp4a); the others in fp32.
 #include "common.cuh"
 #include "quant_blocks.cuh"
 #include "quant_matvec.cuh"
@@ -80,55 +80,119 @@ __global__ void quantize_x_q8_kernel(const float * x, int64_t n_blocks, int8_t *
     }
 }
 
-// Q4_K against int8 activations with dp4a: unit u of a row is the pair of 32-element sub-blocks 2p, 2p+1
-// of super-block u / 4 (p = u % 4), whose 32 bytes hold sub-block 2p in the low nibbles and 2p+1 in the
-// high ones. Per sub-block: d * sc * scale_x * sum(q * qx) - dmin * mn * sum(x).
+// Types multiplied against int8 activations with dp4a (as ggml's own CPU and CUDA paths do).
+template <ggml_type T>
+constexpr bool kUsesQ8 = T == ggml_type::Q8_0 || T == ggml_type::Q4_K || T == ggml_type::Q6_K;
+
+// Four consecutive bytes at a 2-byte aligned address (Q8_0 and Q6_K blocks have even sizes).
+__device__ __forceinline__ int load_u16x2(const uint8_t * p) {
+    const uint16_t * h = reinterpret_cast<const uint16_t *>(p);
+    return int(uint32_t(h[0]) | (uint32_t(h[1]) << 16));
+}
+
+// Dot product of unit u of a row with its int8 activations xq [unit / 4 words] and the (scale, sum)
+// pairs ds of the unit's 32-element blocks.
+template <ggml_type T>
+__device__ float dot_q8(const uint8_t * row, int64_t u, const int * xq, const float2 * ds);
+
+template <>
+__device__ __forceinline__ float dot_q8<ggml_type::Q8_0>(const uint8_t * row, int64_t u, const int * xq,
+                                                         const float2 * ds) {
+    const block_q8_0 * b = reinterpret_cast<const block_q8_0 *>(row) + u;
+    int s                = 0;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        s = __dp4a(load_u16x2(reinterpret_cast<const uint8_t *>(b->qs) + 4 * k), xq[k], s);
+    }
+    return __half2float(b->d) * ds[0].x * float(s);
+}
+
+// Unit u of Q4_K: sub-blocks 2p, 2p + 1 of super-block u / 4 (p = u % 4), in the low and high nibbles of
+// the same 32 bytes. Per sub-block: d * sc * scale_x * sum(q * qx) - dmin * mn * sum(x).
+template <>
+__device__ __forceinline__ float dot_q8<ggml_type::Q4_K>(const uint8_t * row, int64_t u, const int * xq,
+                                                         const float2 * ds) {
+    const block_q4_k * b = reinterpret_cast<const block_q4_k *>(row) + u / 4;
+    const int p          = int(u % 4);
+    const uint4 * src    = reinterpret_cast<const uint4 *>(b->qs + 32 * p);
+    const uint4 q0       = src[0];
+    const uint4 q1       = src[1];
+    const uint32_t qw[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
+    int s0               = 0;
+    int s1               = 0;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        s0 = __dp4a(int(qw[k] & 0x0F0F0F0Fu), xq[k], s0);
+        s1 = __dp4a(int((qw[k] >> 4) & 0x0F0F0F0Fu), xq[8 + k], s1);
+    }
+    float sc0, mn0, sc1, mn1;
+    q4k_scale_min(2 * p, b->scales, sc0, mn0);
+    q4k_scale_min(2 * p + 1, b->scales, sc1, mn1);
+    return __half2float(b->d) * (sc0 * ds[0].x * float(s0) + sc1 * ds[1].x * float(s1)) -
+           __half2float(b->dmin) * (mn0 * ds[0].y + mn1 * ds[1].y);
+}
+
+// Unit u of Q6_K: group k = u % 4 of half h = (u % 8) / 4 of super-block u / 8, two scales of 16 values.
+// q = 6-bit value - 32, so sum((q6 - 32) * qx) = sum(q6 * qx) - 32 * sum(qx).
+template <>
+__device__ __forceinline__ float dot_q8<ggml_type::Q6_K>(const uint8_t * row, int64_t u, const int * xq,
+                                                         const float2 * ds) {
+    const block_q6_k * b = reinterpret_cast<const block_q6_k *>(row) + u / 8;
+    const int h          = int(u % 8) / 4;
+    const int k          = int(u % 4);
+    const uint8_t * ql   = b->ql + 64 * h + 32 * (k & 1);
+    const uint8_t * qh   = b->qh + 32 * h;
+    const int shl        = k >= 2 ? 4 : 0;
+    float sum            = 0.0f;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        int s  = 0;
+        int sx = 0;
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+            const int o       = 16 * half + 4 * c;
+            const uint32_t lo = (uint32_t(load_u16x2(ql + o)) >> shl) & 0x0F0F0F0Fu;
+            const uint32_t hi = ((uint32_t(load_u16x2(qh + o)) >> (2 * k)) & 0x03030303u) << 4;
+            s                 = __dp4a(int(lo | hi), xq[4 * half + c], s);
+            sx                = __dp4a(0x01010101, xq[4 * half + c], sx);
+        }
+        sum += float(b->scales[8 * h + 2 * k + half]) * float(s - 32 * sx);
+    }
+    return __half2float(b->d) * ds[0].x * sum;
+}
+
+template <ggml_type T>
 __global__ void __launch_bounds__(32 * kMatvecWarps)
-    matvec_q4k_q8_kernel(const uint8_t * w, size_t row_bytes, int64_t n_in, int64_t n_out, const int8_t * qx,
-                         const float2 * ds, float * y) {
+    matvec_q8_kernel(const uint8_t * w, size_t row_bytes, int64_t n_in, int64_t n_out, const int8_t * qx,
+                     const float2 * ds, float * y) {
+    constexpr int unit = qtraits<T>::unit;
     const int64_t row0 = (int64_t(blockIdx.x) * kMatvecWarps + threadIdx.x / 32) * kMatvecRows;
     const int lane     = threadIdx.x % 32;
     if (row0 >= n_out) {
         return;
     }
-    const int64_t n_units  = n_in / 64;
+    const int64_t n_units  = n_in / unit;
     float acc[kMatvecRows] = {};
     for (int64_t u = lane; u < n_units; u += 32) {
-        int xq[16];  // [0, 8): sub-block 2p, [8, 16): sub-block 2p + 1, 4 values each
-        const int4 * xp = reinterpret_cast<const int4 *>(qx + u * 64);
+        int xq[unit / 4];
+        const int4 * xp = reinterpret_cast<const int4 *>(qx + u * unit);
 #pragma unroll
-        for (int c = 0; c < 4; ++c) {
+        for (int c = 0; c < unit / 16; ++c) {
             const int4 v  = __ldg(xp + c);
             xq[4 * c]     = v.x;
             xq[4 * c + 1] = v.y;
             xq[4 * c + 2] = v.z;
             xq[4 * c + 3] = v.w;
         }
-        const float2 ds0 = __ldg(ds + 2 * u);
-        const float2 ds1 = __ldg(ds + 2 * u + 1);
+        float2 dsu[unit / 32];
+#pragma unroll
+        for (int c = 0; c < unit / 32; ++c) {
+            dsu[c] = __ldg(ds + u * (unit / 32) + c);
+        }
 #pragma unroll
         for (int rr = 0; rr < kMatvecRows; ++rr) {
-            const int64_t row    = min(row0 + rr, n_out - 1);  // past the end: re-read, dropped below
-            const block_q4_k * b = reinterpret_cast<const block_q4_k *>(w + row * row_bytes) + u / 4;
-            const int p          = int(u % 4);
-            const uint4 * src    = reinterpret_cast<const uint4 *>(b->qs + 32 * p);
-            const uint4 q0       = src[0];
-            const uint4 q1       = src[1];
-            const uint32_t qw[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
-            int s0               = 0;
-            int s1               = 0;
-#pragma unroll
-            for (int k = 0; k < 8; ++k) {
-                s0 = __dp4a(int(qw[k] & 0x0F0F0F0Fu), xq[k], s0);
-                s1 = __dp4a(int((qw[k] >> 4) & 0x0F0F0F0Fu), xq[8 + k], s1);
-            }
-            float sc0, mn0, sc1, mn1;
-            q4k_scale_min(2 * p, b->scales, sc0, mn0);
-            q4k_scale_min(2 * p + 1, b->scales, sc1, mn1);
-            const float d    = __half2float(b->d);
-            const float dmin = __half2float(b->dmin);
-            acc[rr] +=
-                d * (sc0 * ds0.x * float(s0) + sc1 * ds1.x * float(s1)) - dmin * (mn0 * ds0.y + mn1 * ds1.y);
+            const int64_t row = min(row0 + rr, n_out - 1);  // past the end: re-read, dropped below
+            acc[rr] += dot_q8<T>(w + row * row_bytes, u, xq, dsu);
         }
     }
 #pragma unroll
@@ -230,16 +294,15 @@ struct matvec_launch {
     void operator()() const {
         const auto grid      = unsigned(ceil_div(w.n_out, kMatvecWarps * kMatvecRows));
         const uint8_t * data = static_cast<const uint8_t *>(w.data);
-        if constexpr (T == ggml_type::Q4_K) {
-            // Integer dot products, as ggml's own CPU and CUDA paths do for K-quants.
+        if constexpr (kUsesQ8<T>) {
             const int64_t n_blocks = w.n_in / 32;
             int8_t * qx            = static_cast<int8_t *>(work);
             float2 * ds            = reinterpret_cast<float2 *>(qx + w.n_in);
             quantize_x_q8_kernel<<<unsigned(ceil_div(n_blocks, 8)), 256, 0, stream>>>(x, n_blocks, qx, ds);
             CUDA_CHECK_LAUNCH("quantize_x_q8_kernel");
-            matvec_q4k_q8_kernel<<<grid, 32 * kMatvecWarps, 0, stream>>>(data, w.row_bytes(), w.n_in, w.n_out,
-                                                                         qx, ds, y);
-            CUDA_CHECK_LAUNCH("matvec_q4k_q8_kernel");
+            matvec_q8_kernel<T>
+                <<<grid, 32 * kMatvecWarps, 0, stream>>>(data, w.row_bytes(), w.n_in, w.n_out, qx, ds, y);
+            CUDA_CHECK_LAUNCH("matvec_q8_kernel");
         } else {
             matvec_kernel<T>
                 <<<grid, 32 * kMatvecWarps, 0, stream>>>(data, w.row_bytes(), w.n_in, w.n_out, x, y);
@@ -303,8 +366,9 @@ bool quant_cuda_supported(ggml_type type) {
 }
 
 size_t matvec_cuda_work_bytes(const qweight_cuda & w) {
-    // n_in is a multiple of 256 for Q4_K, so the float2 array after the int8 values stays aligned.
-    return w.type == ggml_type::Q4_K ? size_t(w.n_in) + size_t(w.n_in / 32) * sizeof(float2) : 0;
+    // n_in is a multiple of 32, so the float2 array after the int8 values stays 8-byte aligned.
+    const bool q8 = w.type == ggml_type::Q8_0 || w.type == ggml_type::Q4_K || w.type == ggml_type::Q6_K;
+    return q8 ? size_t(w.n_in) + size_t(w.n_in / 32) * sizeof(float2) : 0;
 }
 
 void matvec_cuda(const qweight_cuda & w, const float * x, float * y, void * work, cudaStream_t stream) {

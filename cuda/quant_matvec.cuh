@@ -25,8 +25,8 @@ struct qweight_cuda {
 // Whether these kernels read this type (F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K).
 bool quant_cuda_supported(ggml_type type);
 
-// Workspace of matvec_cuda: Q4_K quantizes x to int8 per 32 values (like ggml's q8 activations) and
-// multiplies in integers; the other types need none (0).
+// Workspace of matvec_cuda: Q8_0, Q4_K and Q6_K quantize x to int8 per 32 values (like ggml's q8
+// activations) and multiply in integers; the other types need none (0).
 size_t matvec_cuda_work_bytes(const qweight_cuda & w);
 
 // y[o] = sum_i w[o, i] * x[i];  x [n_in], y [n_out] fp32; work: matvec_cuda_work_bytes(w) bytes or null.

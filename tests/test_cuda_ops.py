@@ -179,17 +179,23 @@ def random_weight(rng, name, n_out, n_in):
     return type_id, data, deq
 
 
-def q4k_int8_reference(data, deq, x):
-    """What the Q4_K matvec computes: x quantized to int8 per 32 values (scale max|x|/127, rounding to
-    nearest even) for the d * scale * q part, the exact x for the dmin * min part (kept as sum(x))."""
+def int8_activations(x):
+    """x quantized to int8 per 32 values (scale max|x|/127, rounding to nearest even), as float64."""
+    xb = x.reshape(-1, 32)
+    d = np.abs(xb).max(axis=1, keepdims=True) / np.float32(127)
+    return (np.rint(xb / d) * d).reshape(-1).astype(np.float64)
+
+
+def int8_matvec_reference(name, data, deq, x):
+    """What the integer matvec computes: int8 activations against the weights' integers; for Q4_K the
+    dmin * min part uses the exact x (through the block sums)."""
+    if name != "Q4_K":
+        return deq.astype(np.float64) @ int8_activations(x)
     gguf = pytest.importorskip("gguf")
     blocks = data.reshape(data.shape[0], -1, 144).copy()
     blocks[:, :, 16:] = 0  # q = 0 leaves -dmin * min
     mins = -gguf.quants.dequantize(blocks.reshape(data.shape), gguf.GGMLQuantizationType.Q4_K)
-    xb = x.reshape(-1, 32)
-    d = np.abs(xb).max(axis=1, keepdims=True) / np.float32(127)
-    xq = (np.rint(xb / d) * d).reshape(-1).astype(np.float64)
-    return (deq + mins).astype(np.float64) @ xq - mins.astype(np.float64) @ x
+    return (deq + mins).astype(np.float64) @ int8_activations(x) - mins.astype(np.float64) @ x
 
 
 @pytest.mark.parametrize("name", list(QTYPES))
@@ -200,10 +206,10 @@ def test_matvec(name):
     x = rng.standard_normal(n_in).astype(np.float32)
     y = _core.cuda_matvec(type_id, data, n_in, x)
     exact = deq.astype(np.float64) @ x
-    if name == "Q4_K":
+    if name in ("Q8_0", "Q4_K", "Q6_K"):
         # int8 activations (as ggml does): close to the exact product, and equal to the same arithmetic
         assert rel_err(y, exact) < 2e-2
-        assert rel_err(y, q4k_int8_reference(data, deq, x)) < 1e-5
+        assert rel_err(y, int8_matvec_reference(name, data, deq, x)) < 1e-5
     else:
         assert rel_err(y, exact) < 1e-5
 
