@@ -1,6 +1,6 @@
-// Kernels over ggml blocks. matvec: one warp per kMatvecRows output rows; each lane takes whole units
-// (16 to 64 contiguous bytes of a row), reads the matching x chunk once through the cache for all its rows,
-// and the warp reduces. Q8_0, Q4_K and Q6_K multiply with int8 activations (dp4a); the others in fp32.
+// Kernels over ggml blocks. matvec: one CTA per kMatvecRows output rows; each thread takes whole units
+// (16 to 64 contiguous bytes of a row) and reads the matching x chunk once for all the rows. Q8_0, Q4_K and
+// Q6_K multiply with int8 activations (dp4a); the others in fp32.
 #include "common.cuh"
 #include "quant_blocks.cuh"
 #include "quant_matvec.cuh"
@@ -9,22 +9,44 @@ namespace tca {
 
 namespace {
 
+// A CTA of kMatvecWarps warps computes kMatvecRows rows: its threads split each row's units, every x chunk
+// read from cache serves all kMatvecRows rows, and the partial sums are reduced across the CTA.
 constexpr int kMatvecWarps = 4;
-constexpr int kMatvecRows  = 4;  // rows per warp: each x chunk read from cache serves this many rows
+constexpr int kMatvecRows  = 4;
+
+__device__ __forceinline__ void matvec_store(float (&acc)[kMatvecRows], int64_t row0, int64_t n_out,
+                                             float * y) {
+    __shared__ float s_acc[kMatvecWarps][kMatvecRows];
+    const int warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+#pragma unroll
+    for (int rr = 0; rr < kMatvecRows; ++rr) {
+        for (int o = 16; o > 0; o /= 2) {
+            acc[rr] += __shfl_xor_sync(0xffffffff, acc[rr], o);
+        }
+        if (lane == 0) {
+            s_acc[warp][rr] = acc[rr];
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x < kMatvecRows && row0 + threadIdx.x < n_out) {
+        float sum = 0.0f;
+        for (int w = 0; w < kMatvecWarps; ++w) {
+            sum += s_acc[w][threadIdx.x];
+        }
+        y[row0 + threadIdx.x] = sum;
+    }
+}
 
 template <ggml_type T>
 __global__ void __launch_bounds__(32 * kMatvecWarps)
     matvec_kernel(const uint8_t * w, size_t row_bytes, int64_t n_in, int64_t n_out, const float * x,
                   float * y) {
-    using Q            = qtraits<T>;
-    const int64_t row0 = (int64_t(blockIdx.x) * kMatvecWarps + threadIdx.x / 32) * kMatvecRows;
-    const int lane     = threadIdx.x % 32;
-    if (row0 >= n_out) {
-        return;
-    }
+    using Q                = qtraits<T>;
+    const int64_t row0     = int64_t(blockIdx.x) * kMatvecRows;
     const int64_t n_units  = n_in / Q::unit;
     float acc[kMatvecRows] = {};
-    for (int64_t u = lane; u < n_units; u += 32) {
+    for (int64_t u = threadIdx.x; u < n_units; u += blockDim.x) {
         float xv[Q::unit];
         const float4 * xp = reinterpret_cast<const float4 *>(x + u * Q::unit);
 #pragma unroll
@@ -47,15 +69,7 @@ __global__ void __launch_bounds__(32 * kMatvecWarps)
             }
         }
     }
-#pragma unroll
-    for (int rr = 0; rr < kMatvecRows; ++rr) {
-        for (int o = 16; o > 0; o /= 2) {
-            acc[rr] += __shfl_xor_sync(0xffffffff, acc[rr], o);
-        }
-        if (lane == 0 && row0 + rr < n_out) {
-            y[row0 + rr] = acc[rr];
-        }
-    }
+    matvec_store(acc, row0, n_out, y);
 }
 
 // Activations for the integer path: x quantized per 32 elements to int8, qx [n_in], with ds [n_in / 32]
@@ -165,15 +179,11 @@ template <ggml_type T>
 __global__ void __launch_bounds__(32 * kMatvecWarps)
     matvec_q8_kernel(const uint8_t * w, size_t row_bytes, int64_t n_in, int64_t n_out, const int8_t * qx,
                      const float2 * ds, float * y) {
-    constexpr int unit = qtraits<T>::unit;
-    const int64_t row0 = (int64_t(blockIdx.x) * kMatvecWarps + threadIdx.x / 32) * kMatvecRows;
-    const int lane     = threadIdx.x % 32;
-    if (row0 >= n_out) {
-        return;
-    }
+    constexpr int unit     = qtraits<T>::unit;
+    const int64_t row0     = int64_t(blockIdx.x) * kMatvecRows;
     const int64_t n_units  = n_in / unit;
     float acc[kMatvecRows] = {};
-    for (int64_t u = lane; u < n_units; u += 32) {
+    for (int64_t u = threadIdx.x; u < n_units; u += blockDim.x) {
         int xq[unit / 4];
         const int4 * xp = reinterpret_cast<const int4 *>(qx + u * unit);
 #pragma unroll
@@ -195,15 +205,7 @@ __global__ void __launch_bounds__(32 * kMatvecWarps)
             acc[rr] += dot_q8<T>(w + row * row_bytes, u, xq, dsu);
         }
     }
-#pragma unroll
-    for (int rr = 0; rr < kMatvecRows; ++rr) {
-        for (int o = 16; o > 0; o /= 2) {
-            acc[rr] += __shfl_xor_sync(0xffffffff, acc[rr], o);
-        }
-        if (lane == 0 && row0 + rr < n_out) {
-            y[row0 + rr] = acc[rr];
-        }
-    }
+    matvec_store(acc, row0, n_out, y);
 }
 
 // One thread per unit of the selected rows; src_row(r) gives the weight row of output row r.
