@@ -294,7 +294,7 @@ struct matvec_launch {
     cudaStream_t stream;
     template <ggml_type T>
     void operator()() const {
-        const auto grid      = unsigned(ceil_div(w.n_out, kMatvecWarps * kMatvecRows));
+        const auto grid      = unsigned(ceil_div(w.n_out, kMatvecRows));
         const uint8_t * data = static_cast<const uint8_t *>(w.data);
         if constexpr (kUsesQ8<T>) {
             const int64_t n_blocks = w.n_in / 32;
