@@ -1,4 +1,6 @@
-# The CUDA backend: built when TCA_CUDA is ON, or AUTO and nvcc is found.
+# The CUDA backend: built when TCA_CUDA is ON, or AUTO and nvcc is found. Architectures come from
+# TCA_CUDA_ARCHITECTURES (default 80;90). The cuBLAS prompt matmul (cuda/matmul.cu) is built when the
+# toolkit has cuBLAS, and then TCA_HAVE_CUBLAS is defined.
 include(CheckLanguage)
 set(TCA_HAVE_CUDA OFF)
 if(TCA_CUDA STREQUAL "ON" OR TCA_CUDA STREQUAL "AUTO")
@@ -12,14 +14,26 @@ endif()
 
 file(GLOB TCA_CUDA_SOURCES CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/cuda/*.cu)
 if(TCA_HAVE_CUDA AND TCA_CUDA_SOURCES)
+  set(CMAKE_CUDA_ARCHITECTURES ${TCA_CUDA_ARCHITECTURES})
   enable_language(CUDA)
   find_package(CUDAToolkit REQUIRED)
-  set(CMAKE_CUDA_ARCHITECTURES ${TCA_CUDA_ARCHITECTURES})
+  if(NOT TARGET CUDA::cublas)
+    list(FILTER TCA_CUDA_SOURCES EXCLUDE REGEX "/matmul\\.cu$")
+  endif()
   add_library(tca_cuda STATIC ${TCA_CUDA_SOURCES})
   target_include_directories(tca_cuda PUBLIC ${CMAKE_SOURCE_DIR}/cuda ${CMAKE_SOURCE_DIR}/engine)
-  target_link_libraries(tca_cuda PUBLIC CUDA::cudart_static CUDA::cublas)
-  set_target_properties(tca_cuda PROPERTIES CUDA_STANDARD 17 CUDA_SEPARABLE_COMPILATION OFF)
+  target_link_libraries(tca_cuda PUBLIC CUDA::cudart_static)
+  # tca::fail and the type table live in tca_engine; INTERFACE keeps the archive build independent.
+  target_link_libraries(tca_cuda INTERFACE tca_engine)
+  set_target_properties(tca_cuda PROPERTIES CUDA_STANDARD 17 CUDA_SEPARABLE_COMPILATION OFF
+                                            CUDA_ARCHITECTURES "${TCA_CUDA_ARCHITECTURES}")
   target_compile_options(tca_cuda PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr -lineinfo>)
+  if(TARGET CUDA::cublas)
+    target_link_libraries(tca_cuda PUBLIC CUDA::cublas)
+    target_compile_definitions(tca_cuda PUBLIC TCA_HAVE_CUBLAS=1)
+  else()
+    message(STATUS "tca: cuBLAS not found, the CUDA prompt matmul is left out")
+  endif()
   target_link_libraries(tca_engine PUBLIC tca_cuda)
   target_compile_definitions(tca_engine PUBLIC TCA_HAVE_CUDA=1)
   message(STATUS "tca: CUDA backend ON for architectures ${TCA_CUDA_ARCHITECTURES}")

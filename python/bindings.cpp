@@ -27,4 +27,9 @@ PYBIND11_MODULE(_core, m) {
     tca::bind_quants(m);
     tca::bind_vocab(m);
     tca::bind_calibrate(m);
+#ifdef TCA_HAVE_CUDA
+    tca::bind_cuda(m);
+#else
+    m.def("cuda_available", [] { return false; });
+#endif
 }

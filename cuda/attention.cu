@@ -1,0 +1,518 @@
+// The attention core on tensor cores (flash-attention style, fp16 operands, fp32 accumulation).
+//
+// A CTA takes M packed query rows of one KV head (row r = query r / n_group, head r % n_group of the
+// group, so K/V tiles are shared by the whole GQA group) and walks that tile's key list in tiles of
+// kTileN keys: first the extra entries below the largest lo of the tile, then the dense range
+// [min lo, max hi). Each key is masked per query with the CPU core's rule. Two shapes share the code:
+//   prefill (M = 128): each of the 4 warps owns 32 rows (two m-tiles) and all keys of a tile;
+//   decode  (M = 16): the 4 warps share the rows and take a quarter of each tile's keys each, and their
+//                     softmax states are merged in shared memory at the end.
+// The key list may be split over gridDim.z CTAs; their partial results (output normalised within
+// the split, plus its log-sum-exp) go to the workspace and a second kernel merges them.
+#include <algorithm>
+#include <climits>
+
+#include "attention.cuh"
+#include "common.cuh"
+#include "mma.cuh"
+
+namespace tca {
+
+namespace {
+
+constexpr int kWarps   = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kTileN   = 64;  // keys per tile
+constexpr float kLog2e = 1.4426950408889634f;
+
+template <int D, bool SPLIT_KEYS>
+struct attn_cfg {
+    static constexpr int MT        = SPLIT_KEYS ? 1 : 2;                     // 16-row m-tiles per warp
+    static constexpr int M         = SPLIT_KEYS ? 16 : 16 * MT * kWarps;     // packed query rows per CTA
+    static constexpr int NK        = SPLIT_KEYS ? kTileN / kWarps : kTileN;  // keys of a tile per warp
+    static constexpr int LD        = D + 8;  // shared row stride in halves: 16-byte pad, no bank conflicts
+    static constexpr int LDO       = D + 4;  // row stride of the fp32 merge buffer
+    static constexpr size_t tile   = size_t(kTileN) * LD;            // halves of one K or V tile
+    static constexpr size_t kv     = 2 * 2 * tile * sizeof(__half);  // double-buffered K and V
+    static constexpr size_t merge  = SPLIT_KEYS ? size_t(kWarps) * 16 * (LDO + 2) * sizeof(float) : 0;
+    static constexpr size_t region = kv > merge ? kv : merge;
+    static constexpr size_t q      = size_t(M) * LD * sizeof(__half);
+    static constexpr size_t smem   = region + q + 2 * kTileN * sizeof(int32_t);  // + key indices per buffer
+};
+
+// Where a CTA's results go: the final output, or the partials of its split.
+struct attn_sink {
+    float * out;
+    float * work;
+    int64_t n_q;
+    int n_head;
+    int head_dim;
+    int64_t row0;
+    int n_group;
+    int ig;
+    int split;
+    int n_split;
+
+    // o: accumulated sum of p * v, l: sum of p, m: running max (log2 domain), for local row r, dim d.
+    __device__ void emit(int r, int d, float o, float l, float m) const {
+        const int64_t pr = row0 + r;
+        if (pr >= n_q * n_group) {
+            return;
+        }
+        const int64_t i    = pr / n_group;
+        const int64_t h    = int64_t(ig) * n_group + pr % n_group;
+        const int64_t orow = i * n_head + h;
+        const float val    = l > 0.0f ? o / l : 0.0f;  // a query with no key writes zeros, like the CPU
+        if (n_split == 1) {
+            out[orow * head_dim + d] = val;
+            return;
+        }
+        const int64_t n_out                         = n_q * n_head;
+        work[(split * n_out + orow) * head_dim + d] = val;
+        if (d == 0) {
+            work[int64_t(n_split) * n_out * head_dim + split * n_out + orow] =
+                l > 0.0f ? m + __log2f(l) : -INFINITY;
+        }
+    }
+};
+
+template <int D, bool SPLIT_KEYS>
+__global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p, int n_split) {
+    using C          = attn_cfg<D, SPLIT_KEYS>;
+    constexpr int MT = C::MT;
+    extern __shared__ __align__(16) unsigned char smem[];
+    __half * s_kv   = reinterpret_cast<__half *>(smem);                      // [buf][K|V][kTileN][LD]
+    __half * s_q    = reinterpret_cast<__half *>(smem + C::region);          // [M][LD]
+    int32_t * s_key = reinterpret_cast<int32_t *>(smem + C::region + C::q);  // [buf][kTileN] index or -1
+    // lo_min, hi_max, lo_max, hi_min; n_ex; extras below lo_min; [t_lo, t_hi): list positions whose dense
+    // keys lie in every row's range [lo_max, hi_min). Tiles of those need no mask; read from here in the loop
+    // rather than held in registers.
+    __shared__ int s_ext[8];
+
+    const int warp    = threadIdx.x / 32;
+    const int lane    = threadIdx.x % 32;
+    const int g       = lane / 4;
+    const int t4      = lane % 4;
+    const int ig      = blockIdx.y;
+    const int split   = blockIdx.z;
+    const int n_group = p.n_head / p.n_head_kv;
+
+    // Query tiles run last-first: in causal prefill the later tiles have the most keys, and starting them
+    // first shortens the tail of the launch.
+    const int64_t n_rows  = p.n_q * n_group;
+    const int64_t row0    = int64_t(gridDim.x - 1 - blockIdx.x) * C::M;
+    const int32_t * lo    = p.lo + int64_t(ig) * p.n_q;
+    const int32_t * hi    = p.hi + int64_t(ig) * p.n_q;
+    const int32_t * extra = p.extra_offset ? p.extra + p.extra_offset[ig] : nullptr;
+    const int n_extra     = p.extra_offset ? p.extra_offset[ig + 1] - p.extra_offset[ig] : 0;
+    const __half * k_head = p.k[ig];
+    const __half * v_head = p.v[ig];
+
+    // The tile's key list: extents of the rows' ranges, and how many extras lie below the largest lo.
+    if (threadIdx.x == 0) {
+        s_ext[0] = INT_MAX;
+        s_ext[1] = INT_MIN;
+        s_ext[2] = INT_MIN;
+        s_ext[3] = INT_MAX;
+    }
+    __syncthreads();
+    for (int r = threadIdx.x; r < C::M; r += kThreads) {
+        if (row0 + r < n_rows) {
+            const int64_t i = (row0 + r) / n_group;
+            atomicMin(&s_ext[0], lo[i]);
+            atomicMax(&s_ext[1], hi[i]);
+            atomicMax(&s_ext[2], lo[i]);
+            atomicMin(&s_ext[3], hi[i]);
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        auto count_below = [&](int bound) {  // extras are sorted: binary search
+            int a = 0;
+            int b = n_extra;
+            while (a < b) {
+                const int mid = (a + b) / 2;
+                if (extra[mid] < bound) {
+                    a = mid + 1;
+                } else {
+                    b = mid;
+                }
+            }
+            return a;
+        };
+        const int n_ex = count_below(s_ext[2]);
+        s_ext[4]       = n_ex;
+        s_ext[5]       = count_below(s_ext[0]);
+        s_ext[6]       = n_ex + s_ext[2] - s_ext[0];
+        s_ext[7]       = n_ex + min(s_ext[1], s_ext[3]) - s_ext[0];
+    }
+
+    // Q rows, pre-scaled into the log2 domain, as fp16 in shared memory.
+    const float q_scale = p.scale * kLog2e;
+    for (int c = threadIdx.x; c < C::M * D / 4; c += kThreads) {
+        const int r      = c / (D / 4);
+        const int d      = (c % (D / 4)) * 4;
+        const int64_t pr = row0 + r;
+        float4 x         = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (pr < n_rows) {
+            const int64_t h = int64_t(ig) * n_group + pr % n_group;
+            x = *reinterpret_cast<const float4 *>(p.q + ((pr / n_group) * p.n_head + h) * D + d);
+        }
+        __half2 * dst = reinterpret_cast<__half2 *>(s_q + r * C::LD + d);
+        dst[0]        = __floats2half2_rn(x.x * q_scale, x.y * q_scale);
+        dst[1]        = __floats2half2_rn(x.z * q_scale, x.w * q_scale);
+    }
+    __syncthreads();
+    const int qrow0   = SPLIT_KEYS ? 0 : 16 * MT * warp;
+    const int lo_min  = s_ext[0];
+    const int n_ex    = s_ext[4];
+    const int n_dense = max(0, s_ext[1] - lo_min);
+    const int n_keys  = n_ex + n_dense;
+
+    // This thread's rows (g and g + 8 of each of its warp's m-tiles): their key ranges; padding rows see
+    // nothing.
+    int rlo[MT][2];
+    int rhi[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int64_t pr = row0 + qrow0 + 16 * mt + g + 8 * r;
+            rlo[mt][r]       = pr < n_rows ? lo[pr / n_group] : 0;
+            rhi[mt][r]       = pr < n_rows ? hi[pr / n_group] : 0;
+        }
+    }
+
+    const int n_tiles = (n_keys + kTileN - 1) / kTileN;
+    const int tb      = int(int64_t(n_tiles) * split / n_split);
+    const int te      = int(int64_t(n_tiles) * (split + 1) / n_split);
+
+    auto key_at = [&](int tt) -> int {
+        return tt < n_ex ? extra[tt] : (tt < n_keys ? lo_min + tt - n_ex : -1);
+    };
+    auto load_tile = [&](int tile, int buf) {
+        const int t0 = tile * kTileN;
+        if (threadIdx.x < kTileN) {
+            s_key[buf * kTileN + threadIdx.x] = key_at(t0 + threadIdx.x);
+        }
+        __half * s_k = s_kv + (2 * buf) * C::tile;
+        __half * s_v = s_k + C::tile;
+        for (int c = threadIdx.x; c < kTileN * D / 8; c += kThreads) {
+            const int row     = c / (D / 8);
+            const int col     = (c % (D / 8)) * 8;
+            const int j       = key_at(t0 + row);
+            const int64_t off = j >= 0 ? int64_t(j) * D + col : 0;
+            const int bytes   = j >= 0 ? 16 : 0;  // missing keys are zero-filled: 0 * V stays finite
+            cp_async_16(s_k + row * C::LD + col, k_head + off, bytes);
+            cp_async_16(s_v + row * C::LD + col, v_head + off, bytes);
+        }
+    };
+
+    float m[MT][2];
+    float l[MT][2];
+    float o[MT][D / 8][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+        m[mt][0] = m[mt][1] = -INFINITY;
+        l[mt][0] = l[mt][1] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < D / 8; ++j) {
+            o[mt][j][0] = o[mt][j][1] = o[mt][j][2] = o[mt][j][3] = 0.0f;
+        }
+    }
+    const int kofs = SPLIT_KEYS ? C::NK * warp : 0;
+
+    if (tb < te) {
+        load_tile(tb, 0);
+        cp_async_commit();
+    }
+    for (int tile = tb; tile < te; ++tile) {
+        const int buf = (tile - tb) & 1;
+        if (tile + 1 < te) {
+            load_tile(tile + 1, buf ^ 1);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        const __half * s_k   = s_kv + (2 * buf) * C::tile;
+        const __half * s_v   = s_k + C::tile;
+        const int32_t * keys = s_key + buf * kTileN;
+
+        // S = Q K^T for this warp's rows and NK keys; each K fragment serves MT m-tiles.
+        float s[MT][C::NK / 8][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+            for (int j = 0; j < C::NK / 8; ++j) {
+                s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.0f;
+            }
+        }
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            uint32_t qa[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                ldmatrix_x4(qa[mt], s_q + (qrow0 + 16 * mt + (lane % 8) + 8 * ((lane / 8) % 2)) * C::LD +
+                                        16 * kk + 8 * (lane / 16));
+            }
+#pragma unroll
+            for (int np = 0; np < C::NK / 16; ++np) {
+                uint32_t b[4];
+                ldmatrix_x4(b, s_k + (kofs + 16 * np + (lane % 8) + 8 * (lane / 16)) * C::LD + 16 * kk +
+                                   8 * ((lane / 8) % 2));
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma_f16_f32(s[mt][2 * np], qa[mt], b[0], b[1]);
+                    mma_f16_f32(s[mt][2 * np + 1], qa[mt], b[2], b[3]);
+                }
+            }
+        }
+
+        // Mask unless every key of the tile is visible to every row: dense keys inside every row's range,
+        // or extras all below every row's lo.
+        const int t0         = tile * kTileN;
+        const bool all_valid = (t0 >= s_ext[6] && t0 + kTileN <= s_ext[7]) || t0 + kTileN <= s_ext[5];
+        if (!all_valid) {
+#pragma unroll
+            for (int j = 0; j < C::NK / 8; ++j) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int col  = kofs + 8 * j + 2 * t4 + (e & 1);
+                    const int key  = keys[col];
+                    const int r    = e >> 1;
+                    const bool ext = t0 + col < n_ex;
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt) {
+                        const bool vis =
+                            key >= 0 && (ext ? key < rlo[mt][r] : (key >= rlo[mt][r] && key < rhi[mt][r]));
+                        if (!vis) {
+                            s[mt][j][e] = -INFINITY;
+                        }
+                    }
+                }
+            }
+        }
+
+        // Online softmax: rescale the running state to the new row maxima.
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                float mx = m[mt][r];
+#pragma unroll
+                for (int j = 0; j < C::NK / 8; ++j) {
+                    mx = fmaxf(mx, fmaxf(s[mt][j][2 * r], s[mt][j][2 * r + 1]));
+                }
+                mx                = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+                mx                = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+                const float base  = mx == -INFINITY ? 0.0f : mx;  // a row with no key yet stays at zero
+                const float alpha = fast_exp2(m[mt][r] - base);
+                m[mt][r]          = mx;
+                float sum         = 0.0f;
+#pragma unroll
+                for (int j = 0; j < C::NK / 8; ++j) {
+                    s[mt][j][2 * r]     = fast_exp2(s[mt][j][2 * r] - base);
+                    s[mt][j][2 * r + 1] = fast_exp2(s[mt][j][2 * r + 1] - base);
+                    sum += s[mt][j][2 * r] + s[mt][j][2 * r + 1];
+                }
+                l[mt][r] = l[mt][r] * alpha + sum;
+#pragma unroll
+                for (int j = 0; j < D / 8; ++j) {
+                    o[mt][j][2 * r] *= alpha;
+                    o[mt][j][2 * r + 1] *= alpha;
+                }
+            }
+        }
+
+        // O += P V: the S accumulators of two adjacent key groups form one A fragment.
+#pragma unroll
+        for (int kc = 0; kc < C::NK / 16; ++kc) {
+            uint32_t a[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                a[mt][0] = pack_half2(s[mt][2 * kc][0], s[mt][2 * kc][1]);
+                a[mt][1] = pack_half2(s[mt][2 * kc][2], s[mt][2 * kc][3]);
+                a[mt][2] = pack_half2(s[mt][2 * kc + 1][0], s[mt][2 * kc + 1][1]);
+                a[mt][3] = pack_half2(s[mt][2 * kc + 1][2], s[mt][2 * kc + 1][3]);
+            }
+#pragma unroll
+            for (int dp = 0; dp < D / 16; ++dp) {
+                uint32_t b[4];
+                ldmatrix_x4_trans(b, s_v + (kofs + 16 * kc + (lane % 8) + 8 * ((lane / 8) % 2)) * C::LD +
+                                         16 * dp + 8 * (lane / 16));
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma_f16_f32(o[mt][2 * dp], a[mt], b[0], b[1]);
+                    mma_f16_f32(o[mt][2 * dp + 1], a[mt], b[2], b[3]);
+                }
+            }
+        }
+        __syncthreads();  // the next iteration's load overwrites this buffer
+    }
+
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            l[mt][r] += __shfl_xor_sync(0xffffffff, l[mt][r], 1);
+            l[mt][r] += __shfl_xor_sync(0xffffffff, l[mt][r], 2);
+        }
+    }
+
+    const attn_sink sink{p.out, p.work, p.n_q, p.n_head, D, row0, n_group, ig, split, n_split};
+    if (!SPLIT_KEYS) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const int row = qrow0 + 16 * mt + g + 8 * r;
+#pragma unroll
+                for (int j = 0; j < D / 8; ++j) {
+                    sink.emit(row, 8 * j + 2 * t4, o[mt][j][2 * r], l[mt][r], m[mt][r]);
+                    sink.emit(row, 8 * j + 2 * t4 + 1, o[mt][j][2 * r + 1], l[mt][r], m[mt][r]);
+                }
+            }
+        }
+        return;
+    }
+
+    // Decode shape: merge the four warps' states over their disjoint keys.
+    __syncthreads();
+    float * s_o  = reinterpret_cast<float *>(smem);  // [kWarps][16][LDO]
+    float * s_ml = s_o + kWarps * 16 * C::LDO;       // [kWarps][16] max, then [kWarps][16] sum
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int row = g + 8 * r;
+        if (t4 == 0) {
+            s_ml[warp * 16 + row]               = m[0][r];
+            s_ml[kWarps * 16 + warp * 16 + row] = l[0][r];
+        }
+#pragma unroll
+        for (int j = 0; j < D / 8; ++j) {
+            s_o[(warp * 16 + row) * C::LDO + 8 * j + 2 * t4]     = o[0][j][2 * r];
+            s_o[(warp * 16 + row) * C::LDO + 8 * j + 2 * t4 + 1] = o[0][j][2 * r + 1];
+        }
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < 16 * D; c += kThreads) {
+        const int row = c / D;
+        const int d   = c % D;
+        float mx      = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) {
+            mx = fmaxf(mx, s_ml[w * 16 + row]);
+        }
+        const float base = mx == -INFINITY ? 0.0f : mx;
+        float ls         = 0.0f;
+        float os         = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) {
+            const float f = fast_exp2(s_ml[w * 16 + row] - base);
+            ls += s_ml[kWarps * 16 + w * 16 + row] * f;
+            os += s_o[(w * 16 + row) * C::LDO + d] * f;
+        }
+        sink.emit(row, d, os, ls, mx);
+    }
+}
+
+// out[row] = sum_s w_s o_s / sum_s w_s with w_s = 2^(lse_s - max lse); one CTA per output row.
+__global__ void attn_merge_kernel(const float * work, float * out, int64_t n_out, int head_dim, int n_split) {
+    const int64_t row = blockIdx.x;
+    const float * lse = work + int64_t(n_split) * n_out * head_dim;
+    float mx          = -INFINITY;
+    for (int s = 0; s < n_split; ++s) {
+        mx = fmaxf(mx, lse[s * n_out + row]);
+    }
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float num = 0.0f;
+        float den = 0.0f;
+        if (mx != -INFINITY) {
+            for (int s = 0; s < n_split; ++s) {
+                const float w = fast_exp2(lse[s * n_out + row] - mx);
+                num += w * work[(s * n_out + row) * head_dim + d];
+                den += w;
+            }
+        }
+        out[row * head_dim + d] = den > 0.0f ? num / den : 0.0f;
+    }
+}
+
+template <int D, bool SPLIT_KEYS>
+void attn_launch(const attn_cuda_params & p, int n_split, cudaStream_t stream) {
+    using C              = attn_cfg<D, SPLIT_KEYS>;
+    const int64_t n_rows = p.n_q * (p.n_head / p.n_head_kv);
+    const dim3 grid(unsigned(ceil_div(n_rows, C::M)), unsigned(p.n_head_kv), unsigned(n_split));
+    CUDA_CHECK(cudaFuncSetAttribute(attn_kernel<D, SPLIT_KEYS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    int(C::smem)));
+    attn_kernel<D, SPLIT_KEYS><<<grid, kThreads, C::smem, stream>>>(p, n_split);
+    CUDA_CHECK_LAUNCH("attn_kernel");
+}
+
+bool attn_split_keys(const attn_cuda_params & p) {
+    return p.n_q * (p.n_head / p.n_head_kv) <= 16;
+}
+
+void attn_check(const attn_cuda_params & p) {
+    if (p.head_dim != 64 && p.head_dim != 128) {
+        fail("attention_cuda: head_dim %d is not supported (64 or 128)", p.head_dim);
+    }
+    if (p.n_head_kv <= 0 || p.n_head <= 0 || p.n_head % p.n_head_kv != 0) {
+        fail("attention_cuda: n_head %d is not a multiple of n_head_kv %d", p.n_head, p.n_head_kv);
+    }
+    if (p.n_q < 0 || p.n_keys_max < 0 || p.n_split < 0) {
+        fail("attention_cuda: negative n_q, n_keys_max or n_split");
+    }
+    if (p.n_head_kv > 65535) {
+        fail("attention_cuda: n_head_kv %d exceeds the grid limit", p.n_head_kv);
+    }
+}
+
+}  // namespace
+
+int attention_cuda_n_split(const attn_cuda_params & p) {
+    attn_check(p);
+    if (p.n_split > 0) {
+        return std::min(p.n_split, 65535);
+    }
+    const int64_t m_rows   = attn_split_keys(p) ? 16 : 2 * 16 * kWarps;
+    const int64_t n_ctas   = p.n_head_kv * ceil_div(p.n_q * (p.n_head / p.n_head_kv), m_rows);
+    const int64_t target   = 2 * int64_t(cuda_sm_count());
+    const int64_t by_keys  = std::max<int64_t>(1, p.n_keys_max / (8 * kTileN));  // >= 8 tiles per split
+    const int64_t n_needed = ceil_div(target, std::max<int64_t>(1, n_ctas));
+    return int(std::clamp<int64_t>(std::min(n_needed, by_keys), 1, 128));
+}
+
+size_t attention_cuda_work_bytes(const attn_cuda_params & p) {
+    const int n_split = attention_cuda_n_split(p);
+    if (n_split == 1) {
+        return 0;
+    }
+    return size_t(n_split) * size_t(p.n_q) * size_t(p.n_head) * size_t(p.head_dim + 1) * sizeof(float);
+}
+
+void attention_cuda(const attn_cuda_params & p, cudaStream_t stream) {
+    const int n_split = attention_cuda_n_split(p);
+    if (p.n_q == 0) {
+        return;
+    }
+    if (n_split > 1 && p.work == nullptr) {
+        fail("attention_cuda: %d key splits need a workspace of %zu bytes", n_split,
+             attention_cuda_work_bytes(p));
+    }
+    const bool split_keys = attn_split_keys(p);
+    if (p.head_dim == 64) {
+        split_keys ? attn_launch<64, true>(p, n_split, stream) : attn_launch<64, false>(p, n_split, stream);
+    } else {
+        split_keys ? attn_launch<128, true>(p, n_split, stream) : attn_launch<128, false>(p, n_split, stream);
+    }
+    if (n_split > 1) {
+        const int64_t n_out = p.n_q * p.n_head;
+        attn_merge_kernel<<<unsigned(n_out), p.head_dim, 0, stream>>>(p.work, p.out, n_out, p.head_dim,
+                                                                      n_split);
+        CUDA_CHECK_LAUNCH("attn_merge_kernel");
+    }
+}
+
+}  // namespace tca

@@ -1,0 +1,156 @@
+// Row-wise and element-wise kernels, and the device query shared by the backend.
+#include "common.cuh"
+#include "ops.cuh"
+
+namespace tca {
+
+namespace {
+
+// One CTA per row: sum of squares, then the scaled row.
+__global__ void rms_norm_kernel(const float * x, const float * g, float eps, int64_t n_cols, float * out) {
+    __shared__ float s_red[32];
+    const float * xr = x + int64_t(blockIdx.x) * n_cols;
+    float * yr       = out + int64_t(blockIdx.x) * n_cols;
+    float ss         = 0.0f;
+    for (int64_t c = threadIdx.x; c < n_cols; c += blockDim.x) {
+        ss += xr[c] * xr[c];
+    }
+    for (int o = 16; o > 0; o /= 2) {
+        ss += __shfl_xor_sync(0xffffffff, ss, o);
+    }
+    if (threadIdx.x % 32 == 0) {
+        s_red[threadIdx.x / 32] = ss;
+    }
+    __syncthreads();
+    ss = 0.0f;
+    for (int w = 0; w < int(blockDim.x / 32); ++w) {
+        ss += s_red[w];
+    }
+    const float s = rsqrtf(ss / float(n_cols) + eps);
+    for (int64_t c = threadIdx.x; c < n_cols; c += blockDim.x) {
+        yr[c] = xr[c] * s * g[c];
+    }
+}
+
+__global__ void add_bias_kernel(float * y, const float * b, int64_t n_rows, int64_t n_cols) {
+    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i < n_rows * n_cols) {
+        y[i] += b[i % n_cols];
+    }
+}
+
+__global__ void add_kernel(float * x, const float * y, int64_t n) {
+    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i < n) {
+        x[i] += y[i];
+    }
+}
+
+__global__ void swiglu_kernel(float * gate, const float * up, int64_t n) {
+    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i < n) {
+        const float g = gate[i];
+        gate[i]       = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+// One thread per (token, head, pair).
+__global__ void rope_kernel(float * x, int64_t n_tok, int n_head, int head_dim, int n_rot,
+                            const int32_t * pos, float base, float scale, const float * freq_factors,
+                            bool adjacent) {
+    const int half    = n_rot / 2;
+    const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (idx >= n_tok * n_head * half) {
+        return;
+    }
+    const int i       = int(idx % half);
+    const int64_t th  = idx / half;  // token * n_head + head
+    const int64_t tok = th / n_head;
+    double inv        = pow(double(base), -2.0 * i / n_rot) * scale;
+    if (freq_factors != nullptr) {
+        inv /= freq_factors[i];
+    }
+    double sn;
+    double cs;
+    sincos(double(pos[tok]) * inv, &sn, &cs);
+    const float c = float(cs);
+    const float s = float(sn);
+    float * v     = x + th * head_dim;
+    const int i0  = adjacent ? 2 * i : i;
+    const int i1  = adjacent ? 2 * i + 1 : i + half;
+    const float a = v[i0];
+    const float b = v[i1];
+    v[i0]         = a * c - b * s;
+    v[i1]         = a * s + b * c;
+}
+
+constexpr int kBlock = 256;
+
+unsigned grid_for(int64_t n) {
+    return unsigned(ceil_div(n, kBlock));
+}
+
+}  // namespace
+
+int cuda_sm_count() {
+    constexpr int n_max      = 64;
+    static int counts[n_max] = {};
+    int dev                  = 0;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    if (dev >= n_max) {
+        fail("cuda_sm_count: device %d beyond the %d supported", dev, n_max);
+    }
+    if (counts[dev] == 0) {
+        CUDA_CHECK(cudaDeviceGetAttribute(&counts[dev], cudaDevAttrMultiProcessorCount, dev));
+    }
+    return counts[dev];
+}
+
+void rms_norm_cuda(const float * x, const float * g, float eps, int64_t n_rows, int64_t n_cols, float * out,
+                   cudaStream_t stream) {
+    if (n_rows <= 0 || n_cols <= 0) {
+        return;
+    }
+    rms_norm_kernel<<<unsigned(n_rows), kBlock, 0, stream>>>(x, g, eps, n_cols, out);
+    CUDA_CHECK_LAUNCH("rms_norm_kernel");
+}
+
+void add_bias_cuda(float * y, const float * b, int64_t n_rows, int64_t n_cols, cudaStream_t stream) {
+    if (n_rows * n_cols <= 0) {
+        return;
+    }
+    add_bias_kernel<<<grid_for(n_rows * n_cols), kBlock, 0, stream>>>(y, b, n_rows, n_cols);
+    CUDA_CHECK_LAUNCH("add_bias_kernel");
+}
+
+void add_cuda(float * x, const float * y, int64_t n, cudaStream_t stream) {
+    if (n <= 0) {
+        return;
+    }
+    add_kernel<<<grid_for(n), kBlock, 0, stream>>>(x, y, n);
+    CUDA_CHECK_LAUNCH("add_kernel");
+}
+
+void swiglu_cuda(float * gate, const float * up, int64_t n, cudaStream_t stream) {
+    if (n <= 0) {
+        return;
+    }
+    swiglu_kernel<<<grid_for(n), kBlock, 0, stream>>>(gate, up, n);
+    CUDA_CHECK_LAUNCH("swiglu_kernel");
+}
+
+void rope_cuda(float * x, int64_t n_tok, int n_head, int head_dim, int n_rot, const int32_t * pos, float base,
+               float scale, const float * freq_factors, bool adjacent, cudaStream_t stream) {
+    if (n_rot <= 0 || n_rot % 2 != 0 || n_rot > head_dim) {
+        fail("rope_cuda: n_rot %d must be even and within head_dim %d", n_rot, head_dim);
+    }
+    const int64_t n = n_tok * n_head * (n_rot / 2);
+    if (n <= 0) {
+        return;
+    }
+    rope_kernel<<<grid_for(n), kBlock, 0, stream>>>(x, n_tok, n_head, head_dim, n_rot, pos, base, scale,
+                                                    freq_factors, adjacent);
+    CUDA_CHECK_LAUNCH("rope_kernel");
+}
+
+}  // namespace tca

@@ -1,0 +1,404 @@
+// Kernels over ggml blocks. matvec: one CTA per kMatvecRows output rows; each thread takes whole units
+// (16 to 64 contiguous bytes of a row) and reads the matching x chunk once for all the rows. Q8_0, Q4_K and
+// Q6_K multiply with int8 activations (dp4a); the others in fp32.
+#include "common.cuh"
+#include "quant_blocks.cuh"
+#include "quant_matvec.cuh"
+
+namespace tca {
+
+namespace {
+
+// A CTA of kMatvecWarps warps computes kMatvecRows rows: its threads split each row's units, every x chunk
+// read from cache serves all kMatvecRows rows, and the partial sums are reduced across the CTA.
+constexpr int kMatvecWarps = 4;
+constexpr int kMatvecRows  = 4;
+
+__device__ __forceinline__ void matvec_store(float (&acc)[kMatvecRows], int64_t row0, int64_t n_out,
+                                             float * y) {
+    __shared__ float s_acc[kMatvecWarps][kMatvecRows];
+    const int warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+#pragma unroll
+    for (int rr = 0; rr < kMatvecRows; ++rr) {
+        for (int o = 16; o > 0; o /= 2) {
+            acc[rr] += __shfl_xor_sync(0xffffffff, acc[rr], o);
+        }
+        if (lane == 0) {
+            s_acc[warp][rr] = acc[rr];
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x < kMatvecRows && row0 + threadIdx.x < n_out) {
+        float sum = 0.0f;
+        for (int w = 0; w < kMatvecWarps; ++w) {
+            sum += s_acc[w][threadIdx.x];
+        }
+        y[row0 + threadIdx.x] = sum;
+    }
+}
+
+template <ggml_type T>
+__global__ void __launch_bounds__(32 * kMatvecWarps)
+    matvec_kernel(const uint8_t * w, size_t row_bytes, int64_t n_in, int64_t n_out, const float * x,
+                  float * y) {
+    using Q                = qtraits<T>;
+    const int64_t row0     = int64_t(blockIdx.x) * kMatvecRows;
+    const int64_t n_units  = n_in / Q::unit;
+    float acc[kMatvecRows] = {};
+    for (int64_t u = threadIdx.x; u < n_units; u += blockDim.x) {
+        float xv[Q::unit];
+        const float4 * xp = reinterpret_cast<const float4 *>(x + u * Q::unit);
+#pragma unroll
+        for (int c = 0; c < Q::unit / 4; ++c) {
+            const float4 xx = __ldg(xp + c);
+            xv[4 * c]       = xx.x;
+            xv[4 * c + 1]   = xx.y;
+            xv[4 * c + 2]   = xx.z;
+            xv[4 * c + 3]   = xx.w;
+        }
+#pragma unroll
+        for (int rr = 0; rr < kMatvecRows; ++rr) {
+            // Rows past the end re-read the last row (branch-free); their sums are dropped below.
+            const int64_t row = min(row0 + rr, n_out - 1);
+            float v[Q::unit];
+            dequant_unit<T>(w + row * row_bytes, u, v);
+#pragma unroll
+            for (int e = 0; e < Q::unit; ++e) {
+                acc[rr] += v[e] * xv[e];
+            }
+        }
+    }
+    matvec_store(acc, row0, n_out, y);
+}
+
+// Activations for the integer path: x quantized per 32 elements to int8, qx [n_in], with ds [n_in / 32]
+// = (scale, sum of x) so that sum_e x_e w_e ~ scale * sum_e qx_e w_e. One warp per 32-element block.
+__global__ void quantize_x_q8_kernel(const float * x, int64_t n_blocks, int8_t * qx, float2 * ds) {
+    const int64_t b = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+    const int lane  = threadIdx.x % 32;
+    if (b >= n_blocks) {
+        return;
+    }
+    const float v = x[b * 32 + lane];
+    float amax    = fabsf(v);
+    float sum     = v;
+    for (int o = 16; o > 0; o /= 2) {
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffff, amax, o));
+        sum += __shfl_xor_sync(0xffffffff, sum, o);
+    }
+    const float d     = amax / 127.0f;
+    qx[b * 32 + lane] = int8_t(d > 0.0f ? __float2int_rn(v / d) : 0);
+    if (lane == 0) {
+        ds[b] = make_float2(d, sum);
+    }
+}
+
+// Types multiplied against int8 activations with dp4a (as ggml's own CPU and CUDA paths do).
+template <ggml_type T>
+constexpr bool kUsesQ8 = T == ggml_type::Q8_0 || T == ggml_type::Q4_K || T == ggml_type::Q6_K;
+
+// Four consecutive bytes at a 2-byte aligned address (Q8_0 and Q6_K blocks have even sizes).
+__device__ __forceinline__ int load_u16x2(const uint8_t * p) {
+    const uint16_t * h = reinterpret_cast<const uint16_t *>(p);
+    return int(uint32_t(h[0]) | (uint32_t(h[1]) << 16));
+}
+
+// Dot product of unit u of a row with its int8 activations xq [unit / 4 words] and the (scale, sum)
+// pairs ds of the unit's 32-element blocks.
+template <ggml_type T>
+__device__ float dot_q8(const uint8_t * row, int64_t u, const int * xq, const float2 * ds);
+
+template <>
+__device__ __forceinline__ float dot_q8<ggml_type::Q8_0>(const uint8_t * row, int64_t u, const int * xq,
+                                                         const float2 * ds) {
+    const block_q8_0 * b = reinterpret_cast<const block_q8_0 *>(row) + u;
+    int s                = 0;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        s = __dp4a(load_u16x2(reinterpret_cast<const uint8_t *>(b->qs) + 4 * k), xq[k], s);
+    }
+    return __half2float(b->d) * ds[0].x * float(s);
+}
+
+// Unit u of Q4_K: sub-blocks 2p, 2p + 1 of super-block u / 4 (p = u % 4), in the low and high nibbles of
+// the same 32 bytes. Per sub-block: d * sc * scale_x * sum(q * qx) - dmin * mn * sum(x).
+template <>
+__device__ __forceinline__ float dot_q8<ggml_type::Q4_K>(const uint8_t * row, int64_t u, const int * xq,
+                                                         const float2 * ds) {
+    const block_q4_k * b = reinterpret_cast<const block_q4_k *>(row) + u / 4;
+    const int p          = int(u % 4);
+    const uint4 * src    = reinterpret_cast<const uint4 *>(b->qs + 32 * p);
+    const uint4 q0       = src[0];
+    const uint4 q1       = src[1];
+    const uint32_t qw[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
+    int s0               = 0;
+    int s1               = 0;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        s0 = __dp4a(int(qw[k] & 0x0F0F0F0Fu), xq[k], s0);
+        s1 = __dp4a(int((qw[k] >> 4) & 0x0F0F0F0Fu), xq[8 + k], s1);
+    }
+    float sc0, mn0, sc1, mn1;
+    q4k_scale_min(2 * p, b->scales, sc0, mn0);
+    q4k_scale_min(2 * p + 1, b->scales, sc1, mn1);
+    return __half2float(b->d) * (sc0 * ds[0].x * float(s0) + sc1 * ds[1].x * float(s1)) -
+           __half2float(b->dmin) * (mn0 * ds[0].y + mn1 * ds[1].y);
+}
+
+// Unit u of Q6_K: group k = u % 4 of half h = (u % 8) / 4 of super-block u / 8, two scales of 16 values.
+// q = 6-bit value - 32, so sum((q6 - 32) * qx) = sum(q6 * qx) - 32 * sum(qx).
+template <>
+__device__ __forceinline__ float dot_q8<ggml_type::Q6_K>(const uint8_t * row, int64_t u, const int * xq,
+                                                         const float2 * ds) {
+    const block_q6_k * b = reinterpret_cast<const block_q6_k *>(row) + u / 8;
+    const int h          = int(u % 8) / 4;
+    const int k          = int(u % 4);
+    const uint8_t * ql   = b->ql + 64 * h + 32 * (k & 1);
+    const uint8_t * qh   = b->qh + 32 * h;
+    const int shl        = k >= 2 ? 4 : 0;
+    float sum            = 0.0f;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        int s  = 0;
+        int sx = 0;
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+            const int o       = 16 * half + 4 * c;
+            const uint32_t lo = (uint32_t(load_u16x2(ql + o)) >> shl) & 0x0F0F0F0Fu;
+            const uint32_t hi = ((uint32_t(load_u16x2(qh + o)) >> (2 * k)) & 0x03030303u) << 4;
+            s                 = __dp4a(int(lo | hi), xq[4 * half + c], s);
+            sx                = __dp4a(0x01010101, xq[4 * half + c], sx);
+        }
+        sum += float(b->scales[8 * h + 2 * k + half]) * float(s - 32 * sx);
+    }
+    return __half2float(b->d) * ds[0].x * sum;
+}
+
+template <ggml_type T>
+__global__ void __launch_bounds__(32 * kMatvecWarps)
+    matvec_q8_kernel(const uint8_t * w, size_t row_bytes, int64_t n_in, int64_t n_out, const int8_t * qx,
+                     const float2 * ds, float * y) {
+    constexpr int unit     = qtraits<T>::unit;
+    const int64_t row0     = int64_t(blockIdx.x) * kMatvecRows;
+    const int64_t n_units  = n_in / unit;
+    float acc[kMatvecRows] = {};
+    for (int64_t u = threadIdx.x; u < n_units; u += blockDim.x) {
+        int xq[unit / 4];
+        const int4 * xp = reinterpret_cast<const int4 *>(qx + u * unit);
+#pragma unroll
+        for (int c = 0; c < unit / 16; ++c) {
+            const int4 v  = __ldg(xp + c);
+            xq[4 * c]     = v.x;
+            xq[4 * c + 1] = v.y;
+            xq[4 * c + 2] = v.z;
+            xq[4 * c + 3] = v.w;
+        }
+        float2 dsu[unit / 32];
+#pragma unroll
+        for (int c = 0; c < unit / 32; ++c) {
+            dsu[c] = __ldg(ds + u * (unit / 32) + c);
+        }
+#pragma unroll
+        for (int rr = 0; rr < kMatvecRows; ++rr) {
+            const int64_t row = min(row0 + rr, n_out - 1);  // past the end: re-read, dropped below
+            acc[rr] += dot_q8<T>(w + row * row_bytes, u, xq, dsu);
+        }
+    }
+    matvec_store(acc, row0, n_out, y);
+}
+
+// One thread per unit of the selected rows; src_row(r) gives the weight row of output row r.
+template <ggml_type T, typename Out, typename RowOf>
+__global__ void dequant_rows_kernel(const uint8_t * w, size_t row_bytes, int64_t n_in, int64_t n_rows,
+                                    RowOf row_of, Out * out) {
+    using Q               = qtraits<T>;
+    const int64_t n_units = n_in / Q::unit;
+    const int64_t idx     = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (idx >= n_rows * n_units) {
+        return;
+    }
+    const int64_t r = idx / n_units;
+    const int64_t u = idx % n_units;
+    float v[Q::unit];
+    dequant_unit<T>(w + row_of(r) * row_bytes, u, v);
+    Out * dst = out + r * n_in + u * Q::unit;
+#pragma unroll
+    for (int e = 0; e < Q::unit; ++e) {
+        dst[e] = Out(v[e]);
+    }
+}
+
+struct row_offset {
+    int64_t row0;
+    __device__ int64_t operator()(int64_t r) const { return row0 + r; }
+};
+struct row_ids {
+    const int32_t * ids;
+    __device__ int64_t operator()(int64_t r) const { return ids[r]; }
+};
+
+// Calls fn.template operator()<T>() for the kernel instance of w's type; fails for other types.
+template <typename Fn>
+void quant_dispatch(const qweight_cuda & w, const char * what, Fn && fn) {
+    switch (w.type) {
+        case ggml_type::F16:
+            fn.template operator()<ggml_type::F16>();
+            break;
+        case ggml_type::Q8_0:
+            fn.template operator()<ggml_type::Q8_0>();
+            break;
+        case ggml_type::Q4_0:
+            fn.template operator()<ggml_type::Q4_0>();
+            break;
+        case ggml_type::Q4_1:
+            fn.template operator()<ggml_type::Q4_1>();
+            break;
+        case ggml_type::Q5_0:
+            fn.template operator()<ggml_type::Q5_0>();
+            break;
+        case ggml_type::Q5_1:
+            fn.template operator()<ggml_type::Q5_1>();
+            break;
+        case ggml_type::Q5_K:
+            fn.template operator()<ggml_type::Q5_K>();
+            break;
+        case ggml_type::Q4_K:
+            fn.template operator()<ggml_type::Q4_K>();
+            break;
+        case ggml_type::Q6_K:
+            fn.template operator()<ggml_type::Q6_K>();
+            break;
+        default:
+            fail("%s: weight type %s is not supported on CUDA", what, ggml_traits(w.type).name);
+    }
+}
+
+void quant_check(const qweight_cuda & w, const char * what) {
+    if (!quant_cuda_supported(w.type)) {
+        fail("%s: weight type %s is not supported on CUDA", what, ggml_traits(w.type).name);
+    }
+    const int64_t qk = ggml_traits(w.type).block_size;
+    if (w.n_in <= 0 || w.n_out <= 0 || w.n_in % qk != 0) {
+        fail("%s: weight [%lld, %lld] of type %s: n_in must be a positive multiple of %lld", what,
+             (long long)w.n_out, (long long)w.n_in, ggml_traits(w.type).name, (long long)qk);
+    }
+}
+
+// Launchers of each kernel for one weight type (see quant_dispatch).
+struct matvec_launch {
+    const qweight_cuda & w;
+    const float * x;
+    float * y;
+    void * work;
+    cudaStream_t stream;
+    template <ggml_type T>
+    void operator()() const {
+        const auto grid      = unsigned(ceil_div(w.n_out, kMatvecRows));
+        const uint8_t * data = static_cast<const uint8_t *>(w.data);
+        if constexpr (kUsesQ8<T>) {
+            const int64_t n_blocks = w.n_in / 32;
+            int8_t * qx            = static_cast<int8_t *>(work);
+            float2 * ds            = reinterpret_cast<float2 *>(qx + w.n_in);
+            quantize_x_q8_kernel<<<unsigned(ceil_div(n_blocks, 8)), 256, 0, stream>>>(x, n_blocks, qx, ds);
+            CUDA_CHECK_LAUNCH("quantize_x_q8_kernel");
+            matvec_q8_kernel<T>
+                <<<grid, 32 * kMatvecWarps, 0, stream>>>(data, w.row_bytes(), w.n_in, w.n_out, qx, ds, y);
+            CUDA_CHECK_LAUNCH("matvec_q8_kernel");
+        } else {
+            matvec_kernel<T>
+                <<<grid, 32 * kMatvecWarps, 0, stream>>>(data, w.row_bytes(), w.n_in, w.n_out, x, y);
+            CUDA_CHECK_LAUNCH("matvec_kernel");
+        }
+    }
+};
+
+struct dequant_launch {
+    const qweight_cuda & w;
+    int64_t row0;
+    int64_t n_rows;
+    __half * out;
+    cudaStream_t stream;
+    template <ggml_type T>
+    void operator()() const {
+        const int64_t n = n_rows * (w.n_in / qtraits<T>::unit);
+        dequant_rows_kernel<T, __half><<<unsigned(ceil_div(n, 256)), 256, 0, stream>>>(
+            static_cast<const uint8_t *>(w.data), w.row_bytes(), w.n_in, n_rows, row_offset{row0}, out);
+        CUDA_CHECK_LAUNCH("dequant_rows_kernel");
+    }
+};
+
+struct get_rows_launch {
+    const qweight_cuda & w;
+    const int32_t * ids;
+    int64_t n;
+    float * out;
+    cudaStream_t stream;
+    template <ggml_type T>
+    void operator()() const {
+        const int64_t n_units = n * (w.n_in / qtraits<T>::unit);
+        dequant_rows_kernel<T, float><<<unsigned(ceil_div(n_units, 256)), 256, 0, stream>>>(
+            static_cast<const uint8_t *>(w.data), w.row_bytes(), w.n_in, n, row_ids{ids}, out);
+        CUDA_CHECK_LAUNCH("dequant_rows_kernel");
+    }
+};
+
+}  // namespace
+
+size_t qweight_cuda::row_bytes() const {
+    const ggml_type_traits & t = ggml_traits(type);
+    return size_t(n_in / t.block_size) * t.type_size;
+}
+
+bool quant_cuda_supported(ggml_type type) {
+    switch (type) {
+        case ggml_type::F16:
+        case ggml_type::Q8_0:
+        case ggml_type::Q4_0:
+        case ggml_type::Q4_1:
+        case ggml_type::Q5_0:
+        case ggml_type::Q5_1:
+        case ggml_type::Q5_K:
+        case ggml_type::Q4_K:
+        case ggml_type::Q6_K:
+            return true;
+        default:
+            return false;
+    }
+}
+
+size_t matvec_cuda_work_bytes(const qweight_cuda & w) {
+    // n_in is a multiple of 32, so the float2 array after the int8 values stays 8-byte aligned.
+    const bool q8 = w.type == ggml_type::Q8_0 || w.type == ggml_type::Q4_K || w.type == ggml_type::Q6_K;
+    return q8 ? size_t(w.n_in) + size_t(w.n_in / 32) * sizeof(float2) : 0;
+}
+
+void matvec_cuda(const qweight_cuda & w, const float * x, float * y, void * work, cudaStream_t stream) {
+    quant_check(w, "matvec_cuda");
+    if (matvec_cuda_work_bytes(w) > 0 && work == nullptr) {
+        fail("matvec_cuda: type %s needs a workspace of %zu bytes", ggml_traits(w.type).name,
+             matvec_cuda_work_bytes(w));
+    }
+    quant_dispatch(w, "matvec_cuda", matvec_launch{w, x, y, work, stream});
+}
+
+void dequantize_f16_cuda(const qweight_cuda & w, int64_t row0, int64_t n_rows, __half * out,
+                         cudaStream_t stream) {
+    quant_check(w, "dequantize_f16_cuda");
+    if (row0 < 0 || n_rows < 0 || row0 + n_rows > w.n_out) {
+        fail("dequantize_f16_cuda: rows [%lld, %lld) outside the weight's %lld rows", (long long)row0,
+             (long long)(row0 + n_rows), (long long)w.n_out);
+    }
+    if (n_rows > 0) {
+        quant_dispatch(w, "dequantize_f16_cuda", dequant_launch{w, row0, n_rows, out, stream});
+    }
+}
+
+void get_rows_cuda(const qweight_cuda & w, const int32_t * ids, int64_t n, float * out, cudaStream_t stream) {
+    quant_check(w, "get_rows_cuda");
+    if (n > 0) {
+        quant_dispatch(w, "get_rows_cuda", get_rows_launch{w, ids, n, out, stream});
+    }
+}
+
+}  // namespace tca

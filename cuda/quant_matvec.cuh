@@ -1,0 +1,42 @@
+// Quantized weights on the GPU: matrix-vector products that read the ggml blocks directly (generation),
+// dequantization to fp16 (prompt processing through cuBLAS), and embedding rows.
+// A weight matrix [n_out, n_in] is in ggml layout: n_out rows of n_in elements packed in blocks.
+#pragma once
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "ggml_types.h"
+
+namespace tca {
+
+struct qweight_cuda {
+    ggml_type type;
+    int64_t n_in;
+    int64_t n_out;
+    const void * data;  // device memory, n_out rows of row_bytes()
+
+    size_t row_bytes() const;
+};
+
+// Whether these kernels read this type (F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K).
+bool quant_cuda_supported(ggml_type type);
+
+// Workspace of matvec_cuda: Q8_0, Q4_K and Q6_K quantize x to int8 per 32 values (like ggml's q8
+// activations) and multiply in integers; the other types need none (0).
+size_t matvec_cuda_work_bytes(const qweight_cuda & w);
+
+// y[o] = sum_i w[o, i] * x[i];  x [n_in], y [n_out] fp32; work: matvec_cuda_work_bytes(w) bytes or null.
+void matvec_cuda(const qweight_cuda & w, const float * x, float * y, void * work, cudaStream_t stream);
+
+// out [n_rows, n_in] fp16 = rows [row0, row0 + n_rows) of w, dequantized.
+void dequantize_f16_cuda(const qweight_cuda & w, int64_t row0, int64_t n_rows, __half * out,
+                         cudaStream_t stream);
+
+// out[t, :] = row ids[t] of w, dequantized;  ids [n] (device), out [n, n_in] fp32.
+void get_rows_cuda(const qweight_cuda & w, const int32_t * ids, int64_t n, float * out, cudaStream_t stream);
+
+}  // namespace tca

@@ -1,0 +1,484 @@
+// Test and benchmark bindings of the CUDA kernels (cuda/): each call uploads NumPy inputs, runs one op
+// on the default stream with its output poisoned first (NaN bytes), and downloads the result. Built only
+// with the CUDA backend (TCA_HAVE_CUDA).
+#ifdef TCA_HAVE_CUDA
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "attention.cuh"
+#include "bench_util.cuh"
+#include "bind.h"
+#include "common.cuh"
+#include "ggml_types.h"
+#include "ops.cuh"
+#include "quant_matvec.cuh"
+#ifdef TCA_HAVE_CUBLAS
+#include "matmul.cuh"
+#endif
+
+namespace py = pybind11;
+
+namespace tca {
+
+namespace {
+
+// A device allocation of n elements of T, freed on scope exit.
+template <typename T>
+struct dbuf {
+    T * p    = nullptr;
+    size_t n = 0;
+
+    explicit dbuf(size_t count) : n(count) {
+        if (n > 0) {
+            CUDA_CHECK(cudaMalloc(&p, n * sizeof(T)));
+        }
+    }
+    // src may be null: the memory is left as cudaMalloc returns it.
+    dbuf(const void * src, size_t count) : dbuf(count) {
+        if (n > 0 && src != nullptr) {
+            CUDA_CHECK(cudaMemcpy(p, src, n * sizeof(T), cudaMemcpyHostToDevice));
+        }
+    }
+    ~dbuf() { cudaFree(p); }
+    dbuf(const dbuf &)             = delete;
+    dbuf & operator=(const dbuf &) = delete;
+
+    void poison() {
+        if (n > 0) {
+            CUDA_CHECK(cudaMemset(p, 0xFF, n * sizeof(T)));  // all-ones bytes: NaN as fp32 and fp16
+        }
+    }
+    void download(void * dst) const {
+        CUDA_CHECK(cudaDeviceSynchronize());
+        if (n > 0) {
+            CUDA_CHECK(cudaMemcpy(dst, p, n * sizeof(T), cudaMemcpyDeviceToHost));
+        }
+    }
+};
+
+using f32_array = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using i32_array = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+using u8_array  = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+
+// A C-contiguous float16 array's bits (NumPy float16 has no pybind11 type of its own).
+py::buffer_info f16_info(const py::array & a, const char * name) {
+    if (a.dtype().kind() != 'f' || a.itemsize() != 2 || !(a.flags() & py::array::c_style)) {
+        fail("%s: expected a C-contiguous float16 array", name);
+    }
+    return a.request();
+}
+
+ggml_type weight_type(int type_id) {
+    const ggml_type_traits * t = ggml_type_traits_get(uint32_t(type_id));
+    if (t == nullptr || !quant_cuda_supported(ggml_type(type_id))) {
+        fail("CUDA kernels do not read ggml type id %d", type_id);
+    }
+    return ggml_type(type_id);
+}
+
+// Weight bytes [n_out, row_bytes] on the device.
+struct dweight {
+    dbuf<uint8_t> bytes;
+    qweight_cuda w;
+
+    dweight(int type_id, const u8_array & data, int64_t n_in)
+        : bytes(data.data(), size_t(data.size())), w{weight_type(type_id), n_in, 0, nullptr} {
+        if (data.ndim() != 2) {
+            fail("weight data must be [n_out, row_bytes] uint8");
+        }
+        w.n_out = data.shape(0);
+        w.data  = bytes.p;
+        if (n_in % ggml_traits(w.type).block_size != 0 || size_t(data.shape(1)) != w.row_bytes()) {
+            fail("weight data: %lld bytes per row, %zu expected for %lld %s values", (long long)data.shape(1),
+                 w.row_bytes(), (long long)n_in, ggml_traits(w.type).name);
+        }
+    }
+};
+
+// The extras of every KV head concatenated, with offsets [n_head_kv + 1] (none when there are no lists).
+struct flat_extras {
+    std::vector<int32_t> all;
+    std::vector<int32_t> offsets;
+
+    explicit flat_extras(const std::vector<i32_array> & extras) {
+        if (extras.empty()) {
+            return;
+        }
+        offsets.push_back(0);
+        for (const auto & e : extras) {
+            all.insert(all.end(), e.data(), e.data() + e.size());
+            offsets.push_back(int32_t(all.size()));
+        }
+    }
+};
+
+// The device form of an attention plan: lo/hi [n_head_kv, n_q] and the flattened extras.
+struct dplan {
+    dbuf<int32_t> lo;
+    dbuf<int32_t> hi;
+    dbuf<int32_t> extra;
+    dbuf<int32_t> extra_offset;
+
+    dplan(const i32_array & lo_, const i32_array & hi_, const flat_extras & ex)
+        : lo(lo_.data(), size_t(lo_.size())),
+          hi(hi_.data(), size_t(hi_.size())),
+          extra(ex.all.data(), ex.all.size()),
+          extra_offset(ex.offsets.data(), ex.offsets.size()) {}
+};
+
+// K and V of every KV head in one allocation, with the device array of per-head pointers.
+struct dkv {
+    dbuf<__half> k;
+    dbuf<__half> v;
+    dbuf<const __half *> k_ptr;
+    dbuf<const __half *> v_ptr;
+
+    dkv(int64_t n_head_kv, int64_t n_entries, int head_dim, const void * k_src, const void * v_src)
+        : k(k_src, size_t(n_head_kv * n_entries * head_dim)),
+          v(v_src, size_t(n_head_kv * n_entries * head_dim)),
+          k_ptr(size_t(n_head_kv)),
+          v_ptr(size_t(n_head_kv)) {
+        std::vector<const __half *> kp;
+        std::vector<const __half *> vp;
+        for (int64_t h = 0; h < n_head_kv; ++h) {
+            kp.push_back(k.p + h * n_entries * head_dim);
+            vp.push_back(v.p + h * n_entries * head_dim);
+        }
+        CUDA_CHECK(cudaMemcpy(k_ptr.p, kp.data(), kp.size() * sizeof(kp[0]), cudaMemcpyHostToDevice));
+        CUDA_CHECK(cudaMemcpy(v_ptr.p, vp.data(), vp.size() * sizeof(vp[0]), cudaMemcpyHostToDevice));
+    }
+};
+
+attn_cuda_params attn_params_of(int n_head, int n_head_kv, int head_dim, int64_t n_q, int64_t n_entries,
+                                const dkv & kv, const dplan & plan, int n_split) {
+    attn_cuda_params p{};
+    p.n_head       = n_head;
+    p.n_head_kv    = n_head_kv;
+    p.head_dim     = head_dim;
+    p.scale        = 1.0f / std::sqrt(float(head_dim));
+    p.n_q          = n_q;
+    p.k            = kv.k_ptr.p;
+    p.v            = kv.v_ptr.p;
+    p.lo           = plan.lo.p;
+    p.hi           = plan.hi.p;
+    p.extra        = plan.extra.p;
+    p.extra_offset = plan.extra_offset.n > 0 ? plan.extra_offset.p : nullptr;
+    p.n_keys_max   = n_entries;
+    p.n_split      = n_split;
+    return p;
+}
+
+void check_plan(const i32_array & lo, const i32_array & hi, const std::vector<i32_array> & extras,
+                int64_t n_head_kv, int64_t n_q) {
+    if (lo.ndim() != 2 || hi.ndim() != 2 || lo.shape(0) != n_head_kv || lo.shape(1) != n_q ||
+        hi.shape(0) != n_head_kv || hi.shape(1) != n_q) {
+        fail("attention plan: lo and hi must be [n_head_kv=%lld, n_q=%lld]", (long long)n_head_kv,
+             (long long)n_q);
+    }
+    if (!extras.empty() && int64_t(extras.size()) != n_head_kv) {
+        fail("attention plan: %zu extra lists for %lld KV heads", extras.size(), (long long)n_head_kv);
+    }
+}
+
+// q [n_q, n_head, head_dim] f32, k/v [n_head_kv, n_entries, head_dim] f16 -> out [n_q, n_head, head_dim].
+f32_array py_attention(const f32_array & q, const py::array & k, const py::array & v, const i32_array & lo,
+                       const i32_array & hi, const std::vector<i32_array> & extras, int n_split) {
+    const py::buffer_info kb = f16_info(k, "k");
+    const py::buffer_info vb = f16_info(v, "v");
+    if (q.ndim() != 3 || kb.ndim != 3 || kb.shape != vb.shape || kb.shape[2] != q.shape(2)) {
+        fail("attention: q [n_q, n_head, head_dim], k and v [n_head_kv, n_entries, head_dim] expected");
+    }
+    const int64_t n_q = q.shape(0), n_head = q.shape(1), d = q.shape(2);
+    const int64_t n_head_kv = kb.shape[0], n_entries = kb.shape[1];
+    check_plan(lo, hi, extras, n_head_kv, n_q);
+    for (int64_t i = 0; i < lo.size(); ++i) {
+        if (lo.data()[i] < 0 || hi.data()[i] > n_entries) {
+            fail("attention plan: range [%d, %d) outside the %lld entries", lo.data()[i], hi.data()[i],
+                 (long long)n_entries);
+        }
+    }
+    for (const auto & e : extras) {
+        for (int64_t i = 0; i < e.size(); ++i) {
+            if (e.data()[i] < 0 || e.data()[i] >= n_entries || (i > 0 && e.data()[i] <= e.data()[i - 1])) {
+                fail("attention plan: extra entries must be sorted, unique and below %lld",
+                     (long long)n_entries);
+            }
+        }
+    }
+    dbuf<float> dq(q.data(), size_t(q.size()));
+    dkv kv(n_head_kv, n_entries, int(d), kb.ptr, vb.ptr);
+    dplan plan(lo, hi, flat_extras(extras));
+    dbuf<float> out(size_t(q.size()));
+    out.poison();
+    attn_cuda_params p =
+        attn_params_of(int(n_head), int(n_head_kv), int(d), n_q, n_entries, kv, plan, n_split);
+    dbuf<float> work(attention_cuda_work_bytes(p) / sizeof(float));
+    work.poison();
+    p.q    = dq.p;
+    p.out  = out.p;
+    p.work = work.p;
+    attention_cuda(p, nullptr);
+    f32_array res({n_q, n_head, d});
+    out.download(res.mutable_data());
+    return res;
+}
+
+f32_array py_group_probs(const f32_array & q, const py::array & k, float scale, int64_t norm_begin,
+                         int64_t norm_end, int64_t out_begin, int64_t out_end) {
+    const py::buffer_info kb = f16_info(k, "k");
+    if (q.ndim() != 2 || kb.ndim != 2 || kb.shape[1] != q.shape(1) || norm_end > kb.shape[0]) {
+        fail(
+            "attention_group_probs: q [n_group, head_dim], k [n_entries, head_dim] with norm_end <= "
+            "n_entries");
+    }
+    dbuf<float> dq(q.data(), size_t(q.size()));
+    dbuf<__half> dk(kb.ptr, size_t(kb.shape[0] * kb.shape[1]));
+    dbuf<float> out(size_t(std::max<int64_t>(0, out_end - out_begin)));
+    dbuf<float> work(attention_group_probs_work_bytes(int(q.shape(0)), norm_begin, norm_end) / sizeof(float));
+    out.poison();
+    work.poison();
+    attention_group_probs_cuda(dq.p, int(q.shape(0)), int(q.shape(1)), scale, dk.p, norm_begin, norm_end,
+                               out_begin, out_end, out.p, work.p, nullptr);
+    f32_array res(py::ssize_t(out.n));
+    out.download(res.mutable_data());
+    return res;
+}
+
+f32_array py_matvec(int type_id, const u8_array & data, int64_t n_in, const f32_array & x) {
+    dweight w(type_id, data, n_in);
+    if (x.size() != n_in) {
+        fail("matvec: x has %lld values, n_in is %lld", (long long)x.size(), (long long)n_in);
+    }
+    dbuf<float> dx(x.data(), size_t(x.size()));
+    dbuf<float> y(size_t(w.w.n_out));
+    y.poison();
+    dbuf<uint8_t> work(matvec_cuda_work_bytes(w.w));
+    matvec_cuda(w.w, dx.p, y.p, work.p, nullptr);
+    f32_array res(py::ssize_t(y.n));
+    y.download(res.mutable_data());
+    return res;
+}
+
+py::array py_dequantize_f16(int type_id, const u8_array & data, int64_t n_in) {
+    dweight w(type_id, data, n_in);
+    dbuf<__half> out(size_t(w.w.n_out * n_in));
+    out.poison();
+    dequantize_f16_cuda(w.w, 0, w.w.n_out, out.p, nullptr);
+    py::array res(py::dtype("float16"), {w.w.n_out, n_in});
+    out.download(res.mutable_data());
+    return res;
+}
+
+f32_array py_get_rows(int type_id, const u8_array & data, int64_t n_in, const i32_array & ids) {
+    dweight w(type_id, data, n_in);
+    for (int64_t i = 0; i < ids.size(); ++i) {
+        if (ids.data()[i] < 0 || ids.data()[i] >= w.w.n_out) {
+            fail("get_rows: id %d outside the %lld rows", ids.data()[i], (long long)w.w.n_out);
+        }
+    }
+    dbuf<int32_t> dids(ids.data(), size_t(ids.size()));
+    dbuf<float> out(size_t(ids.size() * n_in));
+    out.poison();
+    get_rows_cuda(w.w, dids.p, ids.size(), out.p, nullptr);
+    f32_array res({int64_t(ids.size()), n_in});
+    out.download(res.mutable_data());
+    return res;
+}
+
+#ifdef TCA_HAVE_CUBLAS
+f32_array py_matmul(int type_id, const u8_array & data, int64_t n_in, const f32_array & x) {
+    dweight w(type_id, data, n_in);
+    if (x.ndim() != 2 || x.shape(1) != n_in) {
+        fail("matmul: x must be [n_tok, n_in=%lld]", (long long)n_in);
+    }
+    const int64_t n_tok = x.shape(0);
+    dbuf<float> dx(x.data(), size_t(x.size()));
+    dbuf<float> y(size_t(n_tok * w.w.n_out));
+    dbuf<uint8_t> work(matmul_cuda_work_bytes(w.w, n_tok));
+    y.poison();
+    cublasHandle_t handle = nullptr;
+    if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS) {
+        fail("matmul: cublasCreate failed");
+    }
+    try {
+        matmul_cuda(handle, w.w, dx.p, n_tok, y.p, work.p, nullptr);
+    } catch (...) {
+        cublasDestroy(handle);
+        throw;
+    }
+    f32_array res({n_tok, w.w.n_out});
+    y.download(res.mutable_data());
+    cublasDestroy(handle);
+    return res;
+}
+#endif
+
+// Runs op on device copies of the arrays (the first is updated in place) and returns the first.
+f32_array run_inplace(const f32_array & a, const f32_array & b,
+                      const std::function<void(float *, const float *)> & op) {
+    dbuf<float> da(a.data(), size_t(a.size()));
+    dbuf<float> db(b.data(), size_t(b.size()));
+    op(da.p, db.p);
+    f32_array res(std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim()));
+    da.download(res.mutable_data());
+    return res;
+}
+
+f32_array py_rms_norm(const f32_array & x, const f32_array & g, float eps) {
+    const int64_t n_cols = x.shape(x.ndim() - 1);
+    if (g.size() != n_cols) {
+        fail("rms_norm: weight has %lld values for rows of %lld", (long long)g.size(), (long long)n_cols);
+    }
+    dbuf<float> dx(x.data(), size_t(x.size()));
+    dbuf<float> dg(g.data(), size_t(g.size()));
+    dbuf<float> out(size_t(x.size()));
+    out.poison();
+    rms_norm_cuda(dx.p, dg.p, eps, x.size() / n_cols, n_cols, out.p, nullptr);
+    f32_array res(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+    out.download(res.mutable_data());
+    return res;
+}
+
+f32_array py_rope(const f32_array & x, const i32_array & pos, int n_rot, float base, float scale,
+                  const std::optional<f32_array> & freq_factors, bool adjacent) {
+    if (x.ndim() != 3 || pos.size() != x.shape(0)) {
+        fail("rope: x [n_tok, n_head, head_dim] and pos [n_tok] expected");
+    }
+    dbuf<int32_t> dpos(pos.data(), size_t(pos.size()));
+    dbuf<float> dff(freq_factors ? freq_factors->data() : nullptr,
+                    freq_factors ? size_t(freq_factors->size()) : 0);
+    if (freq_factors && freq_factors->size() != n_rot / 2) {
+        fail("rope: %lld freq_factors for n_rot %d", (long long)freq_factors->size(), n_rot);
+    }
+    return run_inplace(x, x, [&](float * dx, const float *) {
+        rope_cuda(dx, x.shape(0), int(x.shape(1)), int(x.shape(2)), n_rot, dpos.p, base, scale,
+                  freq_factors ? dff.p : nullptr, adjacent, nullptr);
+    });
+}
+
+// Times attention on device-filled random inputs for one plan: returns milliseconds per run.
+std::vector<float> py_bench_attention(int n_head, int n_head_kv, int head_dim, int64_t n_entries,
+                                      const i32_array & lo, const i32_array & hi,
+                                      const std::vector<i32_array> & extras, int n_split, int n_repeat) {
+    const int64_t n_q = lo.shape(1);
+    check_plan(lo, hi, extras, n_head_kv, n_q);
+    const size_t kv_n = size_t(n_head_kv) * size_t(n_entries) * size_t(head_dim);
+    dkv kv(n_head_kv, n_entries, head_dim, nullptr, nullptr);
+    fill_uniform_f16_cuda(kv.k.p, int64_t(kv_n), 1, -1.0f, 1.0f, nullptr);
+    fill_uniform_f16_cuda(kv.v.p, int64_t(kv_n), 2, -1.0f, 1.0f, nullptr);
+    dplan plan(lo, hi, flat_extras(extras));
+    dbuf<float> q(size_t(n_q) * n_head * head_dim);
+    dbuf<float> out(q.n);
+    fill_uniform_f32_cuda(q.p, int64_t(q.n), 3, -1.0f, 1.0f, nullptr);
+    attn_cuda_params p = attn_params_of(n_head, n_head_kv, head_dim, n_q, n_entries, kv, plan, n_split);
+    dbuf<float> work(attention_cuda_work_bytes(p) / sizeof(float));
+    p.q    = q.p;
+    p.out  = out.p;
+    p.work = work.p;
+    return time_cuda([&](int) { attention_cuda(p, nullptr); }, 2, n_repeat, nullptr);
+}
+
+// Times matvec over n_copies device copies of a random weight (so that the weights are not served from
+// L2), n_inner launches per timed run: returns milliseconds per launch.
+std::vector<float> py_bench_matvec(int type_id, int64_t n_out, int64_t n_in, int n_copies, int n_inner,
+                                   int n_repeat) {
+    qweight_cuda w{weight_type(type_id), n_in, n_out, nullptr};
+    const size_t bytes = w.row_bytes() * size_t(n_out);
+    dbuf<uint8_t> data(bytes * size_t(n_copies));
+    fill_bytes_cuda(data.p, int64_t(data.n), 4, 0x3B, nullptr);
+    dbuf<float> x{size_t(n_in)};
+    dbuf<float> y{size_t(n_out)};
+    dbuf<uint8_t> work(matvec_cuda_work_bytes(w));
+    fill_uniform_f32_cuda(x.p, n_in, 5, -1.0f, 1.0f, nullptr);
+    std::vector<float> ms = time_cuda(
+        [&](int) {
+            for (int i = 0; i < n_inner; ++i) {
+                w.data = data.p + bytes * size_t(i % n_copies);
+                matvec_cuda(w, x.p, y.p, work.p, nullptr);
+            }
+        },
+        2, n_repeat, nullptr);
+    for (float & t : ms) {
+        t /= float(n_inner);
+    }
+    return ms;
+}
+
+// Times a device-to-device copy of n_bytes: milliseconds per copy.
+std::vector<float> py_bench_copy(int64_t n_bytes, int n_repeat) {
+    dbuf<uint8_t> a{size_t(n_bytes)};
+    dbuf<uint8_t> b{size_t(n_bytes)};
+    fill_bytes_cuda(a.p, n_bytes, 6, 255, nullptr);
+    return time_cuda(
+        [&](int) {
+            CUDA_CHECK(cudaMemcpyAsync(b.p, a.p, size_t(n_bytes), cudaMemcpyDeviceToDevice, nullptr));
+        },
+        2, n_repeat, nullptr);
+}
+
+}  // namespace
+
+void bind_cuda(py::module_ & m) {
+    m.def("cuda_available", [] {
+        int n = 0;
+        return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+    });
+    m.def("cuda_device_name", [] {
+        cudaDeviceProp prop{};
+        CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+        return std::string(prop.name);
+    });
+    m.def("cuda_attention", &py_attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("lo"),
+          py::arg("hi"), py::arg("extras") = std::vector<i32_array>{}, py::arg("n_split") = 0);
+    m.def("cuda_attention_group_probs", &py_group_probs, py::arg("q"), py::arg("k"), py::arg("scale"),
+          py::arg("norm_begin"), py::arg("norm_end"), py::arg("out_begin"), py::arg("out_end"));
+    m.def("cuda_matvec", &py_matvec, py::arg("type"), py::arg("data"), py::arg("n_in"), py::arg("x"));
+    m.def("cuda_dequantize_f16", &py_dequantize_f16, py::arg("type"), py::arg("data"), py::arg("n_in"));
+    m.def("cuda_get_rows", &py_get_rows, py::arg("type"), py::arg("data"), py::arg("n_in"), py::arg("ids"));
+#ifdef TCA_HAVE_CUBLAS
+    m.def("cuda_matmul", &py_matmul, py::arg("type"), py::arg("data"), py::arg("n_in"), py::arg("x"));
+#endif
+    m.def("cuda_rms_norm", &py_rms_norm, py::arg("x"), py::arg("g"), py::arg("eps"));
+    m.def("cuda_rope", &py_rope, py::arg("x"), py::arg("pos"), py::arg("n_rot"), py::arg("base"),
+          py::arg("scale"), py::arg("freq_factors") = py::none(), py::arg("adjacent"));
+    m.def("cuda_swiglu", [](const f32_array & gate, const f32_array & up) {
+        if (gate.size() != up.size()) {
+            fail("swiglu: gate and up sizes differ");
+        }
+        return run_inplace(gate, up,
+                           [&](float * g, const float * u) { swiglu_cuda(g, u, gate.size(), nullptr); });
+    });
+    m.def("cuda_add", [](const f32_array & x, const f32_array & y) {
+        if (x.size() != y.size()) {
+            fail("add: sizes differ");
+        }
+        return run_inplace(x, y, [&](float * a, const float * b) { add_cuda(a, b, x.size(), nullptr); });
+    });
+    m.def("cuda_add_bias", [](const f32_array & y, const f32_array & b) {
+        const int64_t n_cols = b.size();
+        if (n_cols == 0 || y.size() % n_cols != 0 || y.shape(y.ndim() - 1) != n_cols) {
+            fail("add_bias: the bias must match the rows' width");
+        }
+        return run_inplace(y, b, [&](float * a, const float * c) {
+            add_bias_cuda(a, c, y.size() / n_cols, n_cols, nullptr);
+        });
+    });
+    m.def("cuda_bench_attention", &py_bench_attention, py::arg("n_head"), py::arg("n_head_kv"),
+          py::arg("head_dim"), py::arg("n_entries"), py::arg("lo"), py::arg("hi"), py::arg("extras"),
+          py::arg("n_split"), py::arg("n_repeat"));
+    m.def("cuda_bench_matvec", &py_bench_matvec, py::arg("type"), py::arg("n_out"), py::arg("n_in"),
+          py::arg("n_copies"), py::arg("n_inner"), py::arg("n_repeat"));
+    m.def("cuda_bench_copy", &py_bench_copy, py::arg("n_bytes"), py::arg("n_repeat"));
+}
+
+}  // namespace tca
+
+#endif  // TCA_HAVE_CUDA

@@ -1,0 +1,291 @@
+"""CUDA kernels against float64 NumPy references of the CPU semantics (engine/attention.h, engine/ops.h,
+ggml dequantization through gguf-py). Skipped without a CUDA GPU: CI has none."""
+
+import numpy as np
+import pytest
+from tca import _core
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(
+        not _core.cuda_available(), reason="needs a CUDA GPU and a build with the CUDA backend (nvcc found)"
+    ),
+]
+
+
+def rel_err(out, ref):
+    assert np.isfinite(out).all(), "output has NaN/Inf (unwritten or overflowed elements)"
+    return float(np.linalg.norm(out.astype(np.float64) - ref) / np.linalg.norm(ref))
+
+
+# ---- attention ---------------------------------------------------------------------------------------
+
+
+def attention_ref(q, k, v, lo, hi, extras):
+    """The CPU core's semantics in float64: query i of KV head ig sees [lo, hi) and extras below lo."""
+    n_q, n_head, d = q.shape
+    n_head_kv, n_entries, _ = k.shape
+    group = n_head // n_head_kv
+    out = np.zeros((n_q, n_head, d))
+    kf, vf = k.astype(np.float64), v.astype(np.float64)
+    for ig in range(n_head_kv):
+        ex = extras[ig] if extras else np.zeros(0, np.int32)
+        for i in range(n_q):
+            keys = np.concatenate([ex[ex < lo[ig, i]], np.arange(lo[ig, i], hi[ig, i])]).astype(np.int64)
+            if keys.size == 0:
+                continue
+            qg = q[i, ig * group : (ig + 1) * group].astype(np.float64)
+            s = qg @ kf[ig, keys].T / np.sqrt(d)
+            p = np.exp(s - s.max(axis=1, keepdims=True))
+            out[i, ig * group : (ig + 1) * group] = (p / p.sum(axis=1, keepdims=True)) @ vf[ig, keys]
+    return out
+
+
+def random_kv(rng, n_head_kv, n_entries, d):
+    k = rng.uniform(-1, 1, (n_head_kv, n_entries, d)).astype(np.float16)
+    v = rng.uniform(-1, 1, (n_head_kv, n_entries, d)).astype(np.float16)
+    return k, v
+
+
+def causal_plan(n_head_kv, n_q, n_entries, window=0):
+    """The last n_q positions of a cache of n_entries attend causally (within a window when given)."""
+    hi = np.tile(np.arange(n_entries - n_q + 1, n_entries + 1, dtype=np.int32), (n_head_kv, 1))
+    lo = np.maximum(hi - window, 0).astype(np.int32) if window else np.zeros_like(hi)
+    return lo, hi
+
+
+def run_attention(rng, n_q, n_head, n_head_kv, d, n_entries, window=0, n_extra=0, n_split=0):
+    q = (rng.standard_normal((n_q, n_head, d)) * 2.0).astype(np.float32)
+    k, v = random_kv(rng, n_head_kv, n_entries, d)
+    lo, hi = causal_plan(n_head_kv, n_q, n_entries, window)
+    extras = []
+    if n_extra:
+        extras = [
+            np.sort(rng.choice(n_entries, size=min(n_extra, n_entries), replace=False)).astype(np.int32)
+            for _ in range(n_head_kv)
+        ]
+    out = _core.cuda_attention(q, k, v, lo, hi, extras, n_split)
+    ref = attention_ref(q, k, v, lo, hi, extras)
+    return rel_err(out, ref)
+
+
+# (n_q, n_head, n_head_kv, head_dim, n_entries, window, n_extra, n_split)
+ATTN_CASES = [
+    (77, 8, 2, 64, 77, 0, 0, 0),  # dense causal prefill, GQA 4, odd length
+    (130, 3, 3, 128, 130, 0, 0, 0),  # GQA 1, head_dim 128
+    (50, 16, 2, 128, 211, 0, 0, 0),  # GQA 8, chunk at the end of a longer cache
+    (97, 8, 2, 64, 300, 37, 40, 0),  # TCA shape: window + sorted extras, different per head
+    (200, 4, 1, 128, 333, 64, 90, 3),  # extras with a forced split (prefill merge)
+    (1, 32, 8, 128, 5000, 0, 0, 0),  # decode, split over keys
+    (1, 8, 2, 64, 3001, 100, 300, 0),  # decode with extras
+    (3, 8, 2, 128, 1025, 0, 0, 1),  # decode shape, several queries, no split
+    (3, 8, 1, 64, 999, 50, 20, 5),  # decode shape, GQA 8, extras, forced split
+    (64, 8, 2, 64, 3000, 128, 1500, 0),  # many extras: whole tiles of extras seen by every row
+    (1, 8, 2, 128, 4000, 256, 2000, 0),  # the same in the decode shape
+]
+
+
+@pytest.mark.parametrize("case", ATTN_CASES, ids=lambda c: "q{}_h{}_kv{}_d{}_n{}_w{}_x{}_s{}".format(*c))
+def test_attention_matches_cpu_semantics(case):
+    rng = np.random.default_rng(sum(case))
+    n_q, n_head, n_head_kv, d, n_entries, window, n_extra, n_split = case
+    err = run_attention(rng, n_q, n_head, n_head_kv, d, n_entries, window, n_extra, n_split)
+    # fp16 Q/K/V and fp16 probabilities with fp32 accumulation: about 1e-3 relative.
+    assert err < 4e-3
+
+
+def test_attention_split_count_does_not_change_result():
+    rng = np.random.default_rng(7)
+    q = (rng.standard_normal((5, 8, 64)) * 2).astype(np.float32)
+    k, v = random_kv(rng, 2, 700, 64)
+    lo, hi = causal_plan(2, 5, 700)
+    ref = attention_ref(q, k, v, lo, hi, [])
+    outs = [_core.cuda_attention(q, k, v, lo, hi, [], s) for s in (1, 2, 7)]
+    for o in outs:
+        assert rel_err(o, ref) < 4e-3
+        # splits only move where the fp16 probabilities are rounded
+        assert rel_err(o, outs[0].astype(np.float64)) < 1e-3
+
+
+def test_attention_query_without_keys_writes_zeros():
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((4, 4, 64)).astype(np.float32)
+    k, v = random_kv(rng, 2, 20, 64)
+    lo = np.array([[0, 5, 0, 3], [0, 0, 2, 9]], np.int32)
+    hi = np.array([[0, 9, 4, 3], [7, 0, 2, 20]], np.int32)  # empty ranges, no extras: zeros
+    out = _core.cuda_attention(q, k, v, lo, hi, [], 0)
+    ref = attention_ref(q, k, v, lo, hi, [])
+    assert np.isfinite(out).all()
+    assert np.array_equal(out[0, :2], np.zeros((2, 64), np.float32))
+    assert rel_err(out, ref) < 4e-3
+
+
+def test_attention_rejects_unsupported_head_dim():
+    q = np.ones((2, 2, 96), np.float32)
+    k = np.ones((1, 4, 96), np.float16)
+    lo = np.zeros((1, 2), np.int32)
+    hi = np.full((1, 2), 4, np.int32)
+    with pytest.raises(_core.TcaError, match="head_dim 96"):
+        _core.cuda_attention(q, k, k, lo, hi, [], 0)
+
+
+@pytest.mark.parametrize(
+    "n_group,d,n,nb,ne,ob,oe", [(4, 128, 1000, 0, 1000, 0, 1000), (3, 64, 517, 40, 500, 300, 420)]
+)
+def test_group_probs(n_group, d, n, nb, ne, ob, oe):
+    rng = np.random.default_rng(n)
+    q = (rng.standard_normal((n_group, d)) * 2).astype(np.float32)
+    k = rng.uniform(-1, 1, (n, d)).astype(np.float16)
+    scale = 1 / np.sqrt(d)
+    out = _core.cuda_attention_group_probs(q, k, scale, nb, ne, ob, oe)
+    s = q.astype(np.float64) @ k[nb:ne].astype(np.float64).T * scale
+    p = np.exp(s - s.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    ref = p.mean(axis=0)[ob - nb : oe - nb]
+    assert out.shape == (oe - ob,)
+    assert rel_err(out, ref) < 1e-4
+
+
+# ---- quantized weights -------------------------------------------------------------------------------
+
+# type id: (block elements, bytes per block, byte offsets of the fp16 scale fields)
+QTYPES = {
+    "F16": (1, 32, 64, ()),
+    "Q8_0": (8, 32, 34, (0,)),
+    "Q4_0": (2, 32, 18, (0,)),
+    "Q4_1": (3, 32, 20, (0, 2)),
+    "Q5_0": (6, 32, 22, (0,)),
+    "Q5_1": (7, 32, 24, (0, 2)),
+    "Q5_K": (13, 256, 176, (0, 2)),
+    "Q4_K": (12, 256, 144, (0, 2)),
+    "Q6_K": (14, 256, 210, (208,)),
+}
+
+
+def random_weight(rng, name, n_out, n_in):
+    """Random ggml blocks with small finite fp16 scales: returns (type id, bytes [n_out, row_bytes], fp32)."""
+    gguf = pytest.importorskip("gguf")
+    type_id, qk, size, scale_offsets = QTYPES[name]
+    if name == "F16":
+        w = rng.uniform(-1, 1, (n_out, n_in)).astype(np.float16)
+        return type_id, w.view(np.uint8).reshape(n_out, -1), w.astype(np.float32)
+    raw = rng.integers(0, 256, (n_out, n_in // qk, size), dtype=np.uint8)
+    for off in scale_offsets:
+        scales = rng.uniform(0.001, 0.02, (n_out, n_in // qk)).astype(np.float16)
+        raw[:, :, off : off + 2] = scales.view(np.uint8).reshape(n_out, n_in // qk, 2)
+    data = raw.reshape(n_out, -1)
+    deq = gguf.quants.dequantize(data, gguf.GGMLQuantizationType(type_id)).astype(np.float32)
+    assert deq.shape == (n_out, n_in)
+    return type_id, data, deq
+
+
+def int8_activations(x):
+    """x quantized to int8 per 32 values (scale max|x|/127, rounding to nearest even), as float64."""
+    xb = x.reshape(-1, 32)
+    d = np.abs(xb).max(axis=1, keepdims=True) / np.float32(127)
+    return (np.rint(xb / d) * d).reshape(-1).astype(np.float64)
+
+
+def int8_matvec_reference(name, data, deq, x):
+    """What the integer matvec computes: int8 activations against the weights' integers; for Q4_K the
+    dmin * min part uses the exact x (through the block sums)."""
+    if name != "Q4_K":
+        return deq.astype(np.float64) @ int8_activations(x)
+    gguf = pytest.importorskip("gguf")
+    blocks = data.reshape(data.shape[0], -1, 144).copy()
+    blocks[:, :, 16:] = 0  # q = 0 leaves -dmin * min
+    mins = -gguf.quants.dequantize(blocks.reshape(data.shape), gguf.GGMLQuantizationType.Q4_K)
+    return (deq + mins).astype(np.float64) @ int8_activations(x) - mins.astype(np.float64) @ x
+
+
+@pytest.mark.parametrize("name", list(QTYPES))
+def test_matvec(name):
+    rng = np.random.default_rng(QTYPES[name][0])
+    n_out, n_in = 67, 768
+    type_id, data, deq = random_weight(rng, name, n_out, n_in)
+    x = rng.standard_normal(n_in).astype(np.float32)
+    y = _core.cuda_matvec(type_id, data, n_in, x)
+    exact = deq.astype(np.float64) @ x
+    if name in ("Q8_0", "Q4_K", "Q6_K"):
+        # int8 activations (as ggml does): close to the exact product, and equal to the same arithmetic
+        assert rel_err(y, exact) < 2e-2
+        assert rel_err(y, int8_matvec_reference(name, data, deq, x)) < 1e-5
+    else:
+        assert rel_err(y, exact) < 1e-5
+
+
+@pytest.mark.parametrize("name", list(QTYPES))
+def test_dequantize_and_get_rows(name):
+    rng = np.random.default_rng(100 + QTYPES[name][0])
+    n_out, n_in = 19, 512
+    type_id, data, deq = random_weight(rng, name, n_out, n_in)
+    w16 = _core.cuda_dequantize_f16(type_id, data, n_in)
+    assert w16.dtype == np.float16
+    np.testing.assert_allclose(w16.astype(np.float32), deq, rtol=1e-3, atol=1e-6)
+    ids = np.array([3, 0, 18, 3, 7], np.int32)
+    rows = _core.cuda_get_rows(type_id, data, n_in, ids)
+    np.testing.assert_allclose(rows, deq[ids], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.skipif(not hasattr(_core, "cuda_matmul"), reason="built without cuBLAS")
+@pytest.mark.parametrize("name", ["F16", "Q4_K", "Q6_K", "Q8_0"])
+def test_matmul_cublas(name):
+    rng = np.random.default_rng(200 + QTYPES[name][0])
+    n_out, n_in, n_tok = 96, 512, 37
+    type_id, data, deq = random_weight(rng, name, n_out, n_in)
+    x = rng.standard_normal((n_tok, n_in)).astype(np.float32)
+    y = _core.cuda_matmul(type_id, data, n_in, x)
+    assert y.shape == (n_tok, n_out)
+    assert rel_err(y, x.astype(np.float64) @ deq.T.astype(np.float64)) < 2e-3  # fp16 operands
+
+
+def test_matvec_rejects_unsupported_type():
+    with pytest.raises(_core.TcaError, match="type id 11"):  # Q3_K
+        _core.cuda_matvec(11, np.zeros((1, 110), np.uint8), 256, np.ones(256, np.float32))
+
+
+# ---- element-wise and row-wise ops -------------------------------------------------------------------
+
+
+def test_rms_norm():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((13, 1000)).astype(np.float32)
+    g = rng.uniform(0.5, 1.5, 1000).astype(np.float32)
+    out = _core.cuda_rms_norm(x, g, 1e-5)
+    x64 = x.astype(np.float64)
+    ref = x64 / np.sqrt((x64**2).mean(axis=1, keepdims=True) + 1e-5) * g
+    assert rel_err(out, ref) < 1e-6
+
+
+@pytest.mark.parametrize("adjacent", [True, False])
+@pytest.mark.parametrize("with_factors", [True, False])
+def test_rope(adjacent, with_factors):
+    rng = np.random.default_rng(2)
+    n_tok, n_head, d, n_rot, base, scale = 9, 5, 64, 48, 500000.0, 0.5
+    x = rng.standard_normal((n_tok, n_head, d)).astype(np.float32)
+    pos = rng.integers(0, 130000, n_tok).astype(np.int32)
+    ff = rng.uniform(1, 8, n_rot // 2).astype(np.float32) if with_factors else None
+    out = _core.cuda_rope(x, pos, n_rot, base, scale, ff, adjacent)
+    half = n_rot // 2
+    inv = base ** (-2.0 * np.arange(half) / n_rot) * scale
+    if ff is not None:
+        inv = inv / ff
+    ang = pos[:, None].astype(np.float64) * inv
+    c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+    i0 = np.arange(half) * 2 if adjacent else np.arange(half)
+    i1 = i0 + 1 if adjacent else i0 + half
+    ref = x.astype(np.float64)
+    a, b = ref[..., i0].copy(), ref[..., i1].copy()
+    ref[..., i0], ref[..., i1] = a * c - b * s, a * s + b * c
+    assert rel_err(out, ref) < 1e-6
+
+
+def test_swiglu_add_bias_add():
+    rng = np.random.default_rng(4)
+    gate = (rng.standard_normal((7, 333)) * 4).astype(np.float32)
+    up = rng.standard_normal((7, 333)).astype(np.float32)
+    g64 = gate.astype(np.float64)
+    assert rel_err(_core.cuda_swiglu(gate, up), g64 / (1 + np.exp(-g64)) * up) < 1e-6
+    b = rng.standard_normal(333).astype(np.float32)
+    assert rel_err(_core.cuda_add_bias(gate, b), g64 + b) < 1e-7
+    assert rel_err(_core.cuda_add(gate, up), g64 + up) < 1e-7
