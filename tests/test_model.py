@@ -41,7 +41,9 @@ def test_chunked_eval_equals_one_batch(random_models):
     tokens = np.random.default_rng(3).integers(0, 300, size=29).tolist()
     whole = engine_logits(path, tokens)
     pieces = engine_logits(path, tokens, chunks=[11, 1, 1, 9, 7])
-    np.testing.assert_allclose(pieces, whole, rtol=1e-4, atol=1e-4)
+    # Short chunks take matmul's small-batch kernels (another summation order): fp32 rounding only.
+    assert relative_error(pieces, whole) < 1e-5
+    assert np.abs(pieces - whole).max() < 1e-3
 
 
 def test_smollm2_matches_reference_on_real_text(smollm2_path):
