@@ -7,7 +7,6 @@ import math
 import os
 
 import numpy as np
-
 from tca.tools.safetensors_io import SafetensorsFile
 
 
@@ -45,7 +44,7 @@ class HFModel:
         for name in sorted(os.listdir(ckpt_dir)):
             if name.endswith(".safetensors"):
                 with SafetensorsFile(os.path.join(ckpt_dir, name)) as st:
-                    self.w.update({t: st.read_f32(t).astype(np.float64) for t in st.names()})
+                    self.w.update({t: st.read_f32(t) for t in st.names()})  # float32; math in float64
 
     def rms_norm(self, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
         return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.cfg["rms_norm_eps"]) * weight
@@ -63,7 +62,7 @@ class HFModel:
         cos = np.cos(np.concatenate([angles, angles], axis=-1))[:, None, :]  # [n, 1, hd]
         sin = np.sin(np.concatenate([angles, angles], axis=-1))[:, None, :]
         mask = np.triu(np.full((n, n), -np.inf), k=1)
-        x = w["model.embed_tokens.weight"][tokens]  # [n, n_embd]
+        x = w["model.embed_tokens.weight"][tokens].astype(np.float64)  # [n, n_embd]
         for i in range(cfg["num_hidden_layers"]):
             p = f"model.layers.{i}."
             h = self.rms_norm(x, w[p + "input_layernorm.weight"])
@@ -81,7 +80,9 @@ class HFModel:
             x = x + self.linear(out.reshape(n, n_head * hd), p + "self_attn.o_proj")
             h = self.rms_norm(x, w[p + "post_attention_layernorm.weight"])
             gate = self.linear(h, p + "mlp.gate_proj")
-            x = x + self.linear(gate / (1 + np.exp(-gate)) * self.linear(h, p + "mlp.up_proj"), p + "mlp.down_proj")
+            x = x + self.linear(
+                gate / (1 + np.exp(-gate)) * self.linear(h, p + "mlp.up_proj"), p + "mlp.down_proj"
+            )
         x = self.rms_norm(x, w["model.norm.weight"])
         head = w.get("lm_head.weight", w["model.embed_tokens.weight"])
         return x @ head.T

@@ -13,12 +13,11 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import gguf
 import numpy as np
-
 from tca import TcaError
+from tca.progress import Progress
 from tca.tools.convert_arch import Arch, arch_from_config
 from tca.tools.convert_tokenizer import convert_tokenizer
 from tca.tools.safetensors_io import SafetensorsFile, to_f32
@@ -116,8 +115,9 @@ def plan_tensors(ckpt_dir: str, arch: Arch, qtype: Q, shards: dict) -> tuple:
         st = files[available[hf_name]]
         have = st.tensors[hf_name].shape
         if tuple(have) != tuple(shape):
-            raise TcaError(f"{st.path}: tensor '{hf_name}' has shape {list(have)} but config.json implies "
-                           f"{list(shape)}")
+            raise TcaError(
+                f"{st.path}: tensor '{hf_name}' has shape {list(have)} but config.json implies {list(shape)}"
+            )
         t = tensor_qtype(gguf_name, shape, qtype, arch.tie_embd)
         plans.append(TensorPlan(gguf_name, shape, t, hf_name, st, arch.row_order(gguf_name)))
     for gguf_name, data in arch.extra_tensors().items():
@@ -151,29 +151,6 @@ def write_tensor(fout, plan: TensorPlan) -> None:
     plan.shard.release(plan.hf_name)
 
 
-class Progress:
-    """One line on stderr, redrawn per tensor when stderr is a terminal."""
-
-    def __init__(self, total_bytes: int, n_tensors: int, enabled: bool):
-        self.total, self.n, self.done, self.i = total_bytes, n_tensors, 0, 0
-        self.enabled = enabled and sys.stderr.isatty()
-        self.t0 = time.time()
-
-    def update(self, name: str, n_bytes: int) -> None:
-        self.done += n_bytes
-        self.i += 1
-        if self.enabled:
-            pct = 100.0 * self.done / max(1, self.total)
-            sys.stderr.write(f"\r[{self.i:4d}/{self.n}] {pct:5.1f}% {self.done / 2**20:9.1f} MiB  {name:<40}")
-            sys.stderr.flush()
-
-    def finish(self, path: str) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
-        print(f"wrote {path}: {self.n} tensors, {self.total / 2**20:.1f} MiB in {time.time() - self.t0:.1f} s",
-              file=sys.stderr)
-
-
 def convert(ckpt_dir: str, out_path: str, out_type: str = "f16", progress: bool = False) -> None:
     """Converts the checkpoint folder to a GGUF file; raises TcaError, leaving no output behind."""
     if out_type not in TYPES:
@@ -199,18 +176,22 @@ def convert(ckpt_dir: str, out_path: str, out_type: str = "f16", progress: bool 
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
         fout = w.fout[0]
-        bar = Progress(sum(p.n_bytes for p in plans), len(plans), progress)
+        bar = Progress(f"convert {out_path}", sum(p.n_bytes for p in plans), "B") if progress else None
         for p in plans:
             w.write_padding(fout, fout.tell())
             start = fout.tell()
             write_tensor(fout, p)
             if fout.tell() - start != p.n_bytes:
-                raise TcaError(f"internal: tensor '{p.name}' wrote {fout.tell() - start} of {p.n_bytes} bytes")
-            bar.update(p.name, p.n_bytes)
+                raise TcaError(
+                    f"internal: tensor '{p.name}' wrote {fout.tell() - start} of {p.n_bytes} bytes"
+                )
+            if bar is not None:
+                bar.update(p.n_bytes)
         w.write_padding(fout, fout.tell())
         w.close()
         os.replace(tmp_path, out_path)
-        bar.finish(out_path)
+        if bar is not None:
+            bar.close()
     finally:
         w.close()
         for st in files.values():

@@ -9,7 +9,6 @@ import math
 
 import gguf
 import numpy as np
-
 from tca import TcaError
 
 # Hugging Face name -> GGUF name; "{bid}" is the layer index. Both architectures share it; qwen2 adds
@@ -65,8 +64,10 @@ class Arch:
         self.rope_theta = float(_get(config, "rope_theta", float, 10000.0))
         self.tie_embd = bool(config.get("tie_word_embeddings", False))
         if self.n_head % self.n_head_kv:
-            raise TcaError(f"config.json: num_attention_heads {self.n_head} is not a multiple of "
-                           f"num_key_value_heads {self.n_head_kv}")
+            raise TcaError(
+                f"config.json: num_attention_heads {self.n_head} is not a multiple of "
+                f"num_key_value_heads {self.n_head_kv}"
+            )
         if self.head_dim % 2:
             raise TcaError(f"config.json: head_dim {self.head_dim} must be even for RoPE")
         if config.get("hidden_act", "silu") != "silu":
@@ -78,8 +79,10 @@ class Arch:
             if self.rope_type == "default":
                 self.rope_type = "none"
             if self.rope_type not in self.supported_rope_types:
-                raise TcaError(f"config.json: rope_scaling type {self.rope_type!r} is not supported for "
-                               f"{self.gguf_arch} (supported: {', '.join(self.supported_rope_types)})")
+                raise TcaError(
+                    f"config.json: rope_scaling type {self.rope_type!r} is not supported for "
+                    f"{self.gguf_arch} (supported: {', '.join(self.supported_rope_types)})"
+                )
 
     supported_rope_types = ("none", "linear")
 
@@ -218,6 +221,7 @@ def arch_from_config(config: dict) -> Arch:
     if len(names) != 1:
         raise TcaError(f"config.json: 'architectures' must name one architecture, got {names!r}")
     if names[0] not in ARCHITECTURES:
-        raise TcaError(f"config.json: architecture {names[0]!r} is not supported "
-                       f"(supported: {', '.join(ARCHITECTURES)})")
+        raise TcaError(
+            f"config.json: architecture {names[0]!r} is not supported (supported: {', '.join(ARCHITECTURES)})"
+        )
     return ARCHITECTURES[names[0]](config)

@@ -15,7 +15,6 @@ import json
 import os
 
 import gguf
-
 from tca import TcaError
 
 # The GPT-2 split, used by a ByteLevel step with use_regex=true.
@@ -109,7 +108,9 @@ class TokenizerData:
 def _pad_vocab(tokens: list, types: list, n_vocab: int, path: str) -> None:
     """Checkpoints often have more embedding rows than tokens: the extra ids become unused tokens."""
     if len(tokens) > n_vocab:
-        raise TcaError(f"{path}: the tokenizer has {len(tokens)} tokens but config.json vocab_size is {n_vocab}")
+        raise TcaError(
+            f"{path}: the tokenizer has {len(tokens)} tokens but config.json vocab_size is {n_vocab}"
+        )
     for i in range(len(tokens), n_vocab):
         tokens.append(f"[PAD{i}]")
         types.append(gguf.TokenType.UNUSED)
@@ -143,8 +144,10 @@ def _bpe_tokenizer(path: str, tok_json: dict, n_vocab: int) -> TokenizerData:
     data.merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
     steps = pre_tokenizer_steps(tok_json.get("pre_tokenizer"), path)
     if steps not in PRE_TOKENIZERS:
-        raise TcaError(f"{path}: unknown pre-tokenizer {json.dumps(tok_json.get('pre_tokenizer'))}; "
-                       "add its steps to PRE_TOKENIZERS in tools/convert_tokenizer.py")
+        raise TcaError(
+            f"{path}: unknown pre-tokenizer {json.dumps(tok_json.get('pre_tokenizer'))}; "
+            "add its steps to PRE_TOKENIZERS in tools/convert_tokenizer.py"
+        )
     data.pre = PRE_TOKENIZERS[steps]
     return data
 
@@ -200,8 +203,10 @@ def _spm_tokenizer(path: str, added_decoder: dict, n_vocab: int) -> TokenizerDat
     try:
         import sentencepiece
     except ImportError:
-        raise TcaError(f"{path}: converting a SentencePiece tokenizer needs the sentencepiece package "
-                       "(pip install sentencepiece)") from None
+        raise TcaError(
+            f"{path}: converting a SentencePiece tokenizer needs the sentencepiece package "
+            "(pip install sentencepiece)"
+        ) from None
     model_type, add_dummy_prefix = _spm_flags(path)
     if model_type != 2:
         raise TcaError(f"{path}: SentencePiece model type {model_type} is not supported (BPE only)")
@@ -258,15 +263,21 @@ def convert_tokenizer(ckpt_dir: str, config: dict, n_vocab: int) -> tuple:
         data = _spm_tokenizer(spm_path, tok_cfg.get("added_tokens_decoder") or {}, n_vocab)
         add_bos_default = True
     elif tok_json is not None:
-        raise TcaError(f"{json_path}: only byte-level BPE tokenizers are supported without tokenizer.model "
-                       f"(model type {tok_json.get('model', {}).get('type')!r})")
+        raise TcaError(
+            f"{json_path}: only byte-level BPE tokenizers are supported without tokenizer.model "
+            f"(model type {tok_json.get('model', {}).get('type')!r})"
+        )
     else:
         raise TcaError(f"{ckpt_dir}: missing tokenizer.json or tokenizer.model")
 
     ids = {t: i for i, t in enumerate(data.tokens)}
     special = {}
-    for name, key in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("unk", "unk_token_id"),
-                      ("pad", "pad_token_id")):
+    for name, key in (
+        ("bos", "bos_token_id"),
+        ("eos", "eos_token_id"),
+        ("unk", "unk_token_id"),
+        ("pad", "pad_token_id"),
+    ):
         content = _token_content(tok_cfg.get(f"{name}_token"))
         if content is not None:
             if content not in ids:

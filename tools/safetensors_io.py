@@ -14,7 +14,6 @@ import mmap
 import os
 
 import numpy as np
-
 from tca import TcaError
 
 # dtype name -> (NumPy storage dtype, bytes per element); BF16 is kept as its raw uint16 bits.
@@ -61,9 +60,7 @@ def _parse_entry(path: str, name: str, entry, data_start: int, data_size: int) -
         raise TcaError(f"{path}: header entry for tensor '{name}' is not an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if dtype not in DTYPES:
-        raise TcaError(
-            f"{path}: tensor '{name}' has dtype {dtype!r}; supported: {', '.join(DTYPES)}"
-        )
+        raise TcaError(f"{path}: tensor '{name}' has dtype {dtype!r}; supported: {', '.join(DTYPES)}")
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise TcaError(f"{path}: tensor '{name}' has an invalid shape {shape!r}")
     if (
@@ -132,9 +129,9 @@ class SafetensorsFile:
         storage = DTYPES[t.dtype][0]
         if t.n_bytes == 0:
             return np.zeros(t.shape, dtype=storage)
-        return np.frombuffer(self._mm, dtype=storage, count=t.n_bytes // storage.itemsize, offset=t.begin).reshape(
-            t.shape
-        )
+        return np.frombuffer(
+            self._mm, dtype=storage, count=t.n_bytes // storage.itemsize, offset=t.begin
+        ).reshape(t.shape)
 
     def read_f32(self, name: str) -> np.ndarray:
         """The whole tensor as a new float32 array."""
@@ -172,7 +169,11 @@ class SafetensorsWriter:
             if dtype not in DTYPES:
                 raise TcaError(f"{self.path}: cannot write tensor '{name}' as {dtype!r}")
             n_bytes = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype][1]
-            header[name] = {"dtype": dtype, "shape": [int(d) for d in shape], "data_offsets": [offset, offset + n_bytes]}
+            header[name] = {
+                "dtype": dtype,
+                "shape": [int(d) for d in shape],
+                "data_offsets": [offset, offset + n_bytes],
+            }
             offset += n_bytes
         if metadata:
             header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
