@@ -126,10 +126,16 @@ def plan_tensors(ckpt_dir: str, arch: Arch, qtype: Q, shards: dict) -> tuple:
 
 
 def _convert_rows(plan: TensorPlan, r0: int, r1: int) -> np.ndarray:
-    """Rows [r0, r1) of the output tensor, converted to its type (bytes as uint8 for quantized)."""
+    """Rows [r0, r1) of the output tensor, converted to its type (bytes as uint8 for quantized); the
+    source rows' pages are dropped from memory once read."""
     src = plan.shard.view(plan.hf_name)
-    picked = src[r0:r1] if plan.rows is None else src[plan.rows[r0:r1]]
+    if plan.rows is None:
+        picked, lo, hi = src[r0:r1], r0, r1
+    else:
+        order = plan.rows[r0:r1]
+        picked, lo, hi = src[order], int(order.min()), int(order.max()) + 1
     rows = to_f32(picked, plan.shard.tensors[plan.hf_name].dtype)
+    plan.shard.release(plan.hf_name, lo, hi)
     if not np.isfinite(rows).all():
         raise TcaError(f"{plan.shard.path}: tensor '{plan.hf_name}' holds NaN or Inf")
     return gguf.quants.quantize(rows, plan.qtype)
@@ -140,15 +146,10 @@ def write_tensor(fout, plan: TensorPlan) -> None:
     if plan.data is not None:
         fout.write(np.ascontiguousarray(plan.data, dtype=np.float32).tobytes())
         return
-    n_rows = plan.shape[0] if len(plan.shape) > 1 else 1
-    row_f32 = plan.shape[-1] * 4
-    step = max(1, CHUNK_BYTES // row_f32)
-    if len(plan.shape) == 1:
-        fout.write(_convert_rows(plan, 0, plan.shape[0]).tobytes())
-    else:
-        for r0 in range(0, n_rows, step):
-            fout.write(_convert_rows(plan, r0, min(n_rows, r0 + step)).tobytes())
-    plan.shard.release(plan.hf_name)
+    n_rows = plan.shape[0]  # a vector is converted as one chunk of its elements
+    step = max(1, n_rows if len(plan.shape) == 1 else CHUNK_BYTES // (plan.shape[-1] * 4))
+    for r0 in range(0, n_rows, step):
+        fout.write(_convert_rows(plan, r0, min(n_rows, r0 + step)).tobytes())
 
 
 def convert(ckpt_dir: str, out_path: str, out_type: str = "f16", progress: bool = False) -> None:

@@ -137,13 +137,18 @@ class SafetensorsFile:
         """The whole tensor as a new float32 array."""
         return to_f32(self.view(name), self.tensors[name].dtype)
 
-    def release(self, name: str) -> None:
-        """Drop the tensor's pages from this process (they stay in the page cache)."""
+    def release(self, name: str, row_begin: int = 0, row_end: int = None) -> None:
+        """Drops the pages of rows [row_begin, row_end) of the tensor (all rows by default) from this
+        process; they stay in the page cache, and a later read of a shared edge page faults it back."""
         t = self.tensors[name]
         if self._mm is None or t.n_bytes == 0:
             return
-        begin = t.begin - t.begin % mmap.PAGESIZE
-        self._mm.madvise(mmap.MADV_DONTNEED, begin, t.end - begin)
+        row_bytes = t.n_bytes // t.shape[0] if t.shape else t.n_bytes
+        begin = t.begin + row_begin * row_bytes
+        end = t.end if row_end is None else t.begin + row_end * row_bytes
+        begin -= begin % mmap.PAGESIZE
+        if end > begin:
+            self._mm.madvise(mmap.MADV_DONTNEED, begin, end - begin)
 
     def close(self) -> None:
         if self._mm is not None:
