@@ -4,6 +4,7 @@ the unpermuted weights). SmolLM2 makes a round trip GGUF -> Hugging Face layout 
 
 import json
 import os
+import re
 
 import gguf
 import numpy as np
@@ -229,6 +230,43 @@ def test_spm_tokenizer_keys(tmp_path):
     assert meta["tokenizer.ggml.add_bos_token"] is True and meta["tokenizer.ggml.add_space_prefix"] is True
 
 
+def test_bos_from_post_processor(tmp_path):
+    """Llama 3 declares its BOS in tokenizer.json's post-processor, not in tokenizer_config.json."""
+    ckpt = tmp_path / "ckpt"
+    make_checkpoint(str(ckpt), make_config("llama", n_layer=1), "bpe", "smollm", "F16", 1)
+    tok = json.loads((ckpt / "tokenizer.json").read_text())
+    bos = {"SpecialToken": {"id": "<|im_start|>", "type_id": 0}}
+    template = {"type": "TemplateProcessing", "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}]}
+    tok["post_processor"] = {"type": "Sequence", "processors": [{"type": "ByteLevel"}, template]}
+    (ckpt / "tokenizer.json").write_text(json.dumps(tok))
+    cfg = json.loads((ckpt / "tokenizer_config.json").read_text())
+    del cfg["add_bos_token"]
+    (ckpt / "tokenizer_config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "m.gguf"
+    assert convert_main([str(ckpt), "-o", str(out), "-q"]) == 0
+    meta = _meta(out)
+    assert meta["tokenizer.ggml.add_bos_token"] is True and meta["tokenizer.ggml.add_eos_token"] is False
+
+
+def test_spm_added_tokens(tmp_path):
+    """added_tokens_decoder: ids past the SentencePiece model are appended; old pieces keep their type."""
+    ckpt = tmp_path / "ckpt"
+    make_checkpoint(str(ckpt), make_config("llama", n_vocab=416, n_layer=1), "spm", None, "F16", 1)
+    cfg = json.loads((ckpt / "tokenizer_config.json").read_text())
+    cfg["added_tokens_decoder"] = {
+        "0": {"content": "<unk>", "special": True},
+        "401": {"content": "<|tool|>", "special": True},
+        "402": {"content": "<name>", "special": False},
+    }
+    (ckpt / "tokenizer_config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "m.gguf"
+    assert convert_main([str(ckpt), "-o", str(out), "-q"]) == 0
+    meta = _meta(out)
+    tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
+    assert types[0] == 2 and tokens[400:403] == ["[PAD400]", "<|tool|>", "<name>"]
+    assert types[400:403] == [5, 3, 4] and len(tokens) == 416 == len(meta["tokenizer.ggml.scores"])
+
+
 VOCAB_TEXT = "hello world the 12"
 
 
@@ -316,6 +354,7 @@ ERRORS = [
     ),
     ("truncated", _truncate, "truncated"),
     ("pre-tokenizer", _unknown_pre, "unknown pre-tokenizer"),
+    ("missing output folder", lambda c: (c.parent / "out").rmdir(), "output folder does not exist"),
     (
         "rope scaling",
         lambda c: _break_config(c, rope_scaling={"rope_type": "yarn", "factor": 4.0}),
@@ -328,14 +367,14 @@ ERRORS = [
 def test_errors(tmp_path, capsys, breaker, message):
     ckpt = tmp_path / "ckpt"
     make_checkpoint(str(ckpt), make_config("llama"), "bpe", "smollm", "BF16", 2)
-    breaker(ckpt)
     out = tmp_path / "out" / "model.gguf"
     out.parent.mkdir()
+    breaker(ckpt)
     assert convert_main([str(ckpt), "-o", str(out), "-q"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("tca-convert: error: ") and "\n" not in err
-    assert __import__("re").search(message, err), err
-    assert os.listdir(out.parent) == []  # no output, no partial file
+    assert re.search(message, err), err
+    assert not out.parent.exists() or os.listdir(out.parent) == []  # no output, no partial file
 
 
 # -- round trip on real weights ----------------------------------------------------------------------

@@ -94,10 +94,19 @@ def tensor_qtype(name: str, shape: tuple, qtype: Q, tied: bool) -> Q:
 def plan_tensors(ckpt_dir: str, arch: Arch, qtype: Q, shards: dict) -> tuple:
     """-> (list of TensorPlan in file order, {shard path: SafetensorsFile}); checks every name and shape."""
     files = {}
-    for path in sorted(set(shards.values())):
-        if not os.path.exists(path):
-            raise TcaError(f"{path}: missing file (named in the safetensors index)")
-        files[path] = SafetensorsFile(path)
+    try:
+        for path in sorted(set(shards.values())):
+            if not os.path.exists(path):
+                raise TcaError(f"{path}: missing file (named in the safetensors index)")
+            files[path] = SafetensorsFile(path)
+        return _plan(ckpt_dir, arch, qtype, shards, files), files
+    except BaseException:
+        for st in files.values():
+            st.close()
+        raise
+
+
+def _plan(ckpt_dir: str, arch: Arch, qtype: Q, shards: dict, files: dict) -> list:
     available = {}
     for path, st in files.items():
         for name in st.names():
@@ -122,7 +131,7 @@ def plan_tensors(ckpt_dir: str, arch: Arch, qtype: Q, shards: dict) -> tuple:
         plans.append(TensorPlan(gguf_name, shape, t, hf_name, st, arch.row_order(gguf_name)))
     for gguf_name, data in arch.extra_tensors().items():
         plans.append(TensorPlan(gguf_name, data.shape, Q.F32, data=data))
-    return plans, files
+    return plans
 
 
 def _convert_rows(plan: TensorPlan, r0: int, r1: int) -> np.ndarray:
@@ -158,6 +167,8 @@ def convert(ckpt_dir: str, out_path: str, out_type: str = "f16", progress: bool 
         raise TcaError(f"--type {out_type!r}: expected one of {', '.join(TYPES)}")
     if not os.path.isdir(ckpt_dir):
         raise TcaError(f"{ckpt_dir}: not a checkpoint folder")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out_path))):
+        raise TcaError(f"{out_path}: the output folder does not exist")
     config = _load_json(os.path.join(ckpt_dir, "config.json"))
     arch = arch_from_config(config)
     tokenizer, special, chat_template = convert_tokenizer(ckpt_dir, config, arch.n_vocab)

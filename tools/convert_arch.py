@@ -35,7 +35,9 @@ IGNORED_NAMES = ("model.layers.{bid}.self_attn.rotary_emb.inv_freq",)
 
 
 def _get(config: dict, key: str, kind=int, default=None):
-    value = config.get(key, default)
+    value = config.get(key)
+    if value is None:  # absent or null
+        value = default
     if value is None:
         raise TcaError(f"config.json: missing key '{key}'")
     if kind is int and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):

@@ -230,9 +230,8 @@ def _spm_tokenizer(path: str, added_decoder: dict, n_vocab: int) -> TokenizerDat
         i, entry = int(key), added_decoder[key]
         kind = gguf.TokenType.CONTROL if entry.get("special") else gguf.TokenType.USER_DEFINED
         if i < len(tokens):
-            if tokens[i] != entry["content"] and types[i] != gguf.TokenType.UNUSED:
-                continue
-            tokens[i], types[i] = entry["content"], kind
+            if types[i] == gguf.TokenType.UNUSED:  # a reserved piece given a meaning; others keep theirs
+                tokens[i], types[i] = entry["content"], kind
             continue
         while len(tokens) < i:
             tokens.append(f"[PAD{len(tokens)}]")
@@ -249,6 +248,17 @@ def _spm_tokenizer(path: str, added_decoder: dict, n_vocab: int) -> TokenizerDat
     return data
 
 
+def _template_adds(post: dict) -> tuple:
+    """(add_bos, add_eos) from a TemplateProcessing post-processor, as Llama 3 declares its BOS: a
+    special token first or last in the single-sequence template."""
+    if post and post.get("type") == "Sequence":
+        post = next((p for p in post.get("processors", []) if p.get("type") == "TemplateProcessing"), None)
+    if not post or post.get("type") != "TemplateProcessing" or not post.get("single"):
+        return False, False
+    single = post["single"]
+    return "SpecialToken" in single[0], len(single) > 1 and "SpecialToken" in single[-1]
+
+
 def convert_tokenizer(ckpt_dir: str, config: dict, n_vocab: int) -> tuple:
     """Reads the checkpoint's tokenizer files -> (TokenizerData, special keys dict, chat template)."""
     json_path = os.path.join(ckpt_dir, "tokenizer.json")
@@ -258,10 +268,10 @@ def convert_tokenizer(ckpt_dir: str, config: dict, n_vocab: int) -> tuple:
     tok_json = _load_json(json_path) if os.path.exists(json_path) else None
     if tok_json is not None and is_byte_level_bpe(tok_json):
         data = _bpe_tokenizer(json_path, tok_json, n_vocab)
-        add_bos_default = False
+        add_bos_default, add_eos_default = _template_adds(tok_json.get("post_processor"))
     elif os.path.exists(spm_path):
         data = _spm_tokenizer(spm_path, tok_cfg.get("added_tokens_decoder") or {}, n_vocab)
-        add_bos_default = True
+        add_bos_default, add_eos_default = True, False
     elif tok_json is not None:
         raise TcaError(
             f"{json_path}: only byte-level BPE tokenizers are supported without tokenizer.model "
@@ -286,7 +296,7 @@ def convert_tokenizer(ckpt_dir: str, config: dict, n_vocab: int) -> tuple:
         elif isinstance(config.get(f"{name}_token_id"), int):
             special[key] = config[f"{name}_token_id"]
     special["add_bos_token"] = bool(tok_cfg.get("add_bos_token", add_bos_default))
-    special["add_eos_token"] = bool(tok_cfg.get("add_eos_token", False))
+    special["add_eos_token"] = bool(tok_cfg.get("add_eos_token", add_eos_default))
 
     chat_template = tok_cfg.get("chat_template")
     jinja_path = os.path.join(ckpt_dir, "chat_template.jinja")
