@@ -53,7 +53,7 @@ def bpe_vocab() -> dict:
 
 
 def write_bpe_tokenizer(ckpt_dir: str, pre: str = "smollm") -> dict:
-    """tokenizer.json with the given pre-tokenizer style: 'smollm', 'gpt2' or 'qwen2'; -> vocab."""
+    """tokenizer.json with the given pre-tokenizer style: 'smollm', 'gpt-2' or 'qwen2'; -> vocab."""
     vocab = bpe_vocab()
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
     if pre == "smollm":
@@ -61,7 +61,7 @@ def write_bpe_tokenizer(ckpt_dir: str, pre: str = "smollm") -> dict:
             "type": "Sequence",
             "pretokenizers": [{"type": "Digits", "individual_digits": True}, byte_level],
         }
-    elif pre == "gpt2":
+    elif pre == "gpt-2":
         pre_tok = byte_level
     elif pre == "qwen2":
         split = {
@@ -104,6 +104,8 @@ def write_spm_tokenizer(ckpt_dir: str, vocab_size: int = 400) -> str:
         character_coverage=1.0,
         minloglevel=2,
         num_threads=1,
+        normalization_rule_name="identity",  # as Llama's and Mistral's tokenizer.model
+        remove_extra_whitespaces=False,
     )
     path = os.path.join(ckpt_dir, "tokenizer.model")
     with open(path, "wb") as f:

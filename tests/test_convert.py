@@ -51,7 +51,7 @@ CASES = [
             "llama", n_head=3, n_head_kv=3, head_dim=32, rope_scaling={"type": "linear", "factor": 2.0}
         ),
         "bpe",
-        "gpt2",
+        "gpt-2",
         "F16",
         1,
     ),
@@ -267,6 +267,21 @@ def test_spm_added_tokens(tmp_path):
     assert types[400:403] == [5, 3, 4] and len(tokens) == 416 == len(meta["tokenizer.ggml.scores"])
 
 
+def test_spm_normalizer_rejected(tmp_path, capsys):
+    """A SentencePiece model that normalizes text would tokenize differently in the engine: refused."""
+    import sentencepiece
+
+    ckpt = tmp_path / "ckpt"
+    make_checkpoint(str(ckpt), make_config("llama", n_vocab=416, n_layer=1), "spm", None, "F16", 1)
+    text = ["some text to train on", "and a second line of it"] * 50
+    with open(ckpt / "tokenizer.model", "wb") as f:
+        sentencepiece.SentencePieceTrainer.train(
+            sentence_iterator=iter(text), model_writer=f, vocab_size=60, model_type="bpe", minloglevel=2
+        )
+    assert convert_main([str(ckpt), "-o", str(tmp_path / "m.gguf"), "-q"]) == 1
+    assert "normalizer 'nmt_nfkc'" in capsys.readouterr().err
+
+
 VOCAB_TEXT = "hello world the 12"
 
 
@@ -277,7 +292,7 @@ def _tokenize(path, text: str) -> list:
 
 
 @pytest.mark.parametrize(
-    "pre, last", [("smollm", ["Ġ", "1", "2"]), ("gpt2", ["Ġ", "12"]), ("qwen2", ["Ġ", "1", "2"])]
+    "pre, last", [("smollm", ["Ġ", "1", "2"]), ("gpt-2", ["Ġ", "12"]), ("qwen2", ["Ġ", "1", "2"])]
 )
 def test_bpe_tokenize(tmp_path, pre, last):
     """Expected ids from the merges: digits split one by one except for plain GPT-2, which merges 1+2."""
@@ -434,6 +449,12 @@ def test_smollm2_round_trip(tmp_path):
             assert greedy == answer
         else:
             assert np.mean(np.array(greedy) == answer) >= 0.7
+        if hasattr(tca._core, "Context"):  # the engine on the converted file
+            c = tca._core.Context(tca._core.Model(str(out)), n_ctx=256, n_threads=2)
+            logits = np.asarray(c.eval(seq[:-1], logits_all=True))
+            assert rel_err(logits, want) < tol + 5e-3, out_type
+            if out_type == "f16":
+                assert list(logits.argmax(-1)[len(prompt) - 1 :]) == answer
     meta_a, meta_b = _meta(original), _meta(out)
     for key in meta_a:
         if key.startswith(("tokenizer.", "llama.")):

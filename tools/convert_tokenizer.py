@@ -30,7 +30,7 @@ QWEN2_PATTERN = (
 
 # Pre-tokenizer steps (as described by `pre_tokenizer_steps`) -> llama.cpp's `tokenizer.ggml.pre`.
 PRE_TOKENIZERS = {
-    ("split:" + GPT2_PATTERN,): "gpt2",
+    ("split:" + GPT2_PATTERN,): "gpt-2",
     ("digits:individual", "split:" + GPT2_PATTERN): "smollm",  # StarCoder's split, as in SmolLM/SmolLM2
     ("split:" + LLAMA3_PATTERN,): "llama-bpe",
     ("split:" + QWEN2_PATTERN,): "qwen2",
@@ -185,18 +185,22 @@ def _proto_fields(buf: bytes):
             raise TcaError(f"tokenizer.model: unsupported protobuf wire type {wire}")
 
 
-def _spm_flags(path: str) -> tuple:
-    """(model_type, add_dummy_prefix) from the ModelProto: trainer_spec (2).model_type (3),
-    normalizer_spec (3).add_dummy_prefix (3); the proto defaults are UNIGRAM (1) and true."""
+def _spm_spec(path: str) -> tuple:
+    """(model_type, normalizer name, add_dummy_prefix, remove_extra_whitespaces) of a SentencePiece
+    ModelProto: trainer_spec (2).model_type (3); normalizer_spec (3).name (1), .add_dummy_prefix (3),
+    .remove_extra_whitespaces (4). Proto defaults: UNIGRAM (1), true, true."""
     with open(path, "rb") as f:
         buf = f.read()
-    model_type, add_dummy_prefix = 1, True
+    model_type, name, add_dummy_prefix, remove_spaces = 1, "", True, True
     for field, value in _proto_fields(buf):
         if field == 2 and isinstance(value, bytes):
             model_type = dict(_proto_fields(value)).get(3, model_type)
         elif field == 3 and isinstance(value, bytes):
-            add_dummy_prefix = bool(dict(_proto_fields(value)).get(3, add_dummy_prefix))
-    return model_type, add_dummy_prefix
+            spec = dict(_proto_fields(value))
+            name = spec.get(1, b"").decode("utf-8", "replace")
+            add_dummy_prefix = bool(spec.get(3, add_dummy_prefix))
+            remove_spaces = bool(spec.get(4, remove_spaces))
+    return model_type, name, add_dummy_prefix, remove_spaces
 
 
 def _spm_tokenizer(path: str, added_decoder: dict, n_vocab: int) -> TokenizerData:
@@ -207,9 +211,15 @@ def _spm_tokenizer(path: str, added_decoder: dict, n_vocab: int) -> TokenizerDat
             f"{path}: converting a SentencePiece tokenizer needs the sentencepiece package "
             "(pip install sentencepiece)"
         ) from None
-    model_type, add_dummy_prefix = _spm_flags(path)
+    model_type, normalizer, add_dummy_prefix, remove_spaces = _spm_spec(path)
     if model_type != 2:
         raise TcaError(f"{path}: SentencePiece model type {model_type} is not supported (BPE only)")
+    # The `llama` tokenizer applies no normalization: text would be tokenized differently otherwise.
+    if normalizer != "identity" or remove_spaces:
+        raise TcaError(
+            f"{path}: SentencePiece normalizer {normalizer!r} (remove_extra_whitespaces={remove_spaces}) is "
+            "not supported: only 'identity' without whitespace removal, as in Llama and Mistral"
+        )
     sp = sentencepiece.SentencePieceProcessor(model_file=path)
     tokens, types, scores = [], [], []
     for i in range(sp.vocab_size()):
