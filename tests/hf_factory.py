@@ -7,7 +7,7 @@ import json
 import os
 
 import numpy as np
-from tca.tools.convert_tokenizer import QWEN2_PATTERN
+from tca.tools.convert_tokenizer import LLAMA3_PATTERN, QWEN2_PATTERN
 from tca.tools.safetensors_io import SafetensorsWriter
 
 CHAT_TEMPLATE = (
@@ -52,34 +52,34 @@ def bpe_vocab() -> dict:
     return {t: i for i, t in enumerate(tokens)}
 
 
-def write_bpe_tokenizer(ckpt_dir: str, pre: str = "smollm") -> dict:
-    """tokenizer.json with the given pre-tokenizer style: 'smollm', 'gpt-2' or 'qwen2'; -> vocab."""
-    vocab = bpe_vocab()
-    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+SPLIT_PATTERNS = {"qwen2": QWEN2_PATTERN, "llama-bpe": LLAMA3_PATTERN}
+
+
+def pre_tokenizer_json(pre: str) -> dict:
+    """tokenizer.json's pre_tokenizer for llama.cpp's pre-tokenizer name (smollm, gpt-2, qwen2,
+    llama-bpe), written as those models' own files declare it; any other string is taken as a regex."""
     if pre == "smollm":
-        pre_tok = {
+        return {
             "type": "Sequence",
-            "pretokenizers": [{"type": "Digits", "individual_digits": True}, byte_level],
+            "pretokenizers": [{"type": "Digits", "individual_digits": True}, BYTE_LEVEL],
         }
-    elif pre == "gpt-2":
-        pre_tok = byte_level
-    elif pre == "qwen2":
-        split = {
-            "type": "Split",
-            "pattern": {"Regex": QWEN2_PATTERN},
-            "behavior": "Isolated",
-            "invert": False,
-        }
-        pre_tok = {"type": "Sequence", "pretokenizers": [split, dict(byte_level, use_regex=False)]}
-    else:
-        split = {"type": "Split", "pattern": {"Regex": pre}, "behavior": "Isolated", "invert": False}
-        pre_tok = {"type": "Sequence", "pretokenizers": [split, dict(byte_level, use_regex=False)]}
+    if pre == "gpt-2":
+        return dict(BYTE_LEVEL)
+    pattern = {"Regex": SPLIT_PATTERNS.get(pre, pre)}
+    split = {"type": "Split", "pattern": pattern, "behavior": "Isolated", "invert": False}
+    return {"type": "Sequence", "pretokenizers": [split, dict(BYTE_LEVEL, use_regex=False)]}
+
+
+def write_bpe_tokenizer(ckpt_dir: str, pre: str = "smollm") -> dict:
+    """tokenizer.json with the test vocabulary and the given pre-tokenizer (see pre_tokenizer_json)."""
+    vocab = bpe_vocab()
     tok = {
         "version": "1.0",
         "added_tokens": [{"id": vocab[t], "content": t, "special": True} for t in SPECIALS],
         "normalizer": None,
-        "pre_tokenizer": pre_tok,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "pre_tokenizer": pre_tokenizer_json(pre),
+        "decoder": dict(BYTE_LEVEL),
         "model": {"type": "BPE", "vocab": vocab, "merges": [f"{a} {b}" for a, b in MERGES]},
     }
     with open(os.path.join(ckpt_dir, "tokenizer.json"), "w", encoding="utf-8") as f:
@@ -297,19 +297,23 @@ def export_gguf(gguf_path: str, ckpt_dir: str, dtype: str = "F16", n_shards: int
     with open(os.path.join(ckpt_dir, "config.json"), "w") as f:
         json.dump(cfg, f, indent=1)
 
-    types = meta["tokenizer.ggml.token_type"]
-    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    export_tokenizer(meta, ckpt_dir, "smollm")
+    return cfg
+
+
+def export_tokenizer(meta: dict, ckpt_dir: str, pre: str) -> None:
+    """tokenizer.json and tokenizer_config.json from a GGUF's gpt2 tokenizer keys: control tokens become
+    special added tokens, user-defined ones plain added tokens."""
+    tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
+    added = [
+        {"id": i, "content": t, "special": types[i] == 3} for i, t in enumerate(tokens) if types[i] in (3, 4)
+    ]
     tok = {
         "version": "1.0",
-        "added_tokens": [
-            {"id": i, "content": t, "special": True} for i, t in enumerate(tokens) if types[i] == 3
-        ],
+        "added_tokens": added,
         "normalizer": None,
-        "pre_tokenizer": {
-            "type": "Sequence",
-            "pretokenizers": [{"type": "Digits", "individual_digits": True}, byte_level],
-        },
-        "decoder": dict(byte_level),
+        "pre_tokenizer": pre_tokenizer_json(pre),
+        "decoder": dict(BYTE_LEVEL),
         "model": {
             "type": "BPE",
             "vocab": {t: i for i, t in enumerate(tokens)},
@@ -318,10 +322,9 @@ def export_gguf(gguf_path: str, ckpt_dir: str, dtype: str = "F16", n_shards: int
     }
     with open(os.path.join(ckpt_dir, "tokenizer.json"), "w", encoding="utf-8") as f:
         json.dump(tok, f, ensure_ascii=False)
-    tok_cfg = {
-        "chat_template": meta.get("tokenizer.chat_template"),
-        "add_bos_token": bool(meta.get("tokenizer.ggml.add_bos_token", False)),
-    }
+    tok_cfg = {"add_bos_token": bool(meta.get("tokenizer.ggml.add_bos_token", False))}
+    if "tokenizer.chat_template" in meta:
+        tok_cfg["chat_template"] = meta["tokenizer.chat_template"]
     for name, key in (
         ("bos", "bos_token_id"),
         ("eos", "eos_token_id"),
@@ -332,4 +335,3 @@ def export_gguf(gguf_path: str, ckpt_dir: str, dtype: str = "F16", n_shards: int
             tok_cfg[f"{name}_token"] = tokens[meta[f"tokenizer.ggml.{key}"]]
     with open(os.path.join(ckpt_dir, "tokenizer_config.json"), "w") as f:
         json.dump(tok_cfg, f, indent=1)
-    return cfg

@@ -10,11 +10,12 @@ import gguf
 import numpy as np
 import pytest
 import tca
-from hf_factory import MERGES, bpe_vocab, export_gguf, make_checkpoint, make_config
+from hf_factory import MERGES, bpe_vocab, export_gguf, export_tokenizer, make_checkpoint, make_config
 from hf_reference import load_model as load_hf
 from tca import reference
 from tca.tools import convert_arch
 from tca.tools.convert import main as convert_main
+from tca.tools.convert_tokenizer import convert_tokenizer
 from tca.tools.safetensors_io import SafetensorsFile, SafetensorsWriter, f32_to_bf16, save_file
 
 LLAMA3_SCALING = {
@@ -280,6 +281,22 @@ def test_spm_normalizer_rejected(tmp_path, capsys):
         )
     assert convert_main([str(ckpt), "-o", str(tmp_path / "m.gguf"), "-q"]) == 1
     assert "normalizer 'nmt_nfkc'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["llama-bpe", "qwen2", "gpt-2"])
+def test_real_bpe_vocab(tmp_path, name):
+    """llama.cpp's own vocab files (Llama 3, Qwen2, GPT-2), written out as tokenizer.json the way those
+    models declare their pre-tokenizer, convert back to the same keys and the same pre-tokenizer name."""
+    fetch = pytest.importorskip("tca.fetch")
+    meta = _meta(fetch.vocab_test_files(name)[0])
+    export_tokenizer(meta, str(tmp_path), meta["tokenizer.ggml.pre"])
+    tokens = meta["tokenizer.ggml.tokens"]
+    data, special, _ = convert_tokenizer(str(tmp_path), {}, len(tokens))
+    assert data.pre == meta["tokenizer.ggml.pre"] == name
+    assert data.tokens == tokens and data.merges == meta["tokenizer.ggml.merges"]
+    assert [int(t) for t in data.types] == meta["tokenizer.ggml.token_type"]
+    for key in ("bos_token_id", "eos_token_id"):
+        assert special[key] == meta[f"tokenizer.ggml.{key}"]
 
 
 VOCAB_TEXT = "hello world the 12"
