@@ -283,6 +283,7 @@ def test_spm_normalizer_rejected(tmp_path, capsys):
     assert "normalizer 'nmt_nfkc'" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # gguf-py takes seconds to open a vocabulary of 150k tokens
 @pytest.mark.parametrize("name", ["llama-bpe", "qwen2", "gpt-2"])
 def test_real_bpe_vocab(tmp_path, name):
     """llama.cpp's own vocab files (Llama 3, Qwen2, GPT-2), written out as tokenizer.json the way those
