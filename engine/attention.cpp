@@ -1,6 +1,7 @@
 #include "attention.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 
 #include "fp16.h"
@@ -233,11 +234,17 @@ void attention_cpu(const attn_params & p, const kv_head * heads, const attn_plan
                                                        std::max<int64_t>(1, n_keys_max / k_min_span));
     }
 
-    std::vector<partial> partials(size_t(n_items * n_split));
-    pool.parallel_for(n_items * n_split, [&](int64_t begin, int64_t end, int) {
+    // Work items are claimed one at a time, latest queries (the longest key lists under a causal mask)
+    // first, so the threads finish together; partial states are kept only when spans must be merged.
+    const int64_t n_work = n_items * n_split;
+    std::vector<partial> partials(size_t(n_split > 1 ? n_work : 0));
+    std::atomic<int64_t> next{0};
+    pool.parallel_for(pool.size(), [&](int64_t, int64_t, int) {
         std::vector<float> scores;
         std::vector<float> row;
-        for (int64_t w = begin; w < end; ++w) {
+        partial local;
+        for (int64_t claimed; (claimed = next.fetch_add(1, std::memory_order_relaxed)) < n_work;) {
+            const int64_t w     = n_work - 1 - claimed;
             const int64_t item  = w / n_split;
             const int64_t part  = w % n_split;
             const int ig        = int(item % p.n_head_kv);
@@ -247,10 +254,10 @@ void attention_cpu(const attn_params & p, const kv_head * heads, const attn_plan
             const int64_t t0    = n * part / n_split;
             const int64_t t1    = n * (part + 1) / n_split;
             const size_t row0   = (size_t(i) * p.n_head + size_t(ig) * n_group) * d;
-            attend_span(p.q + row0, n_group, d, p.scale, heads[ig], keys, t0, t1, partials[size_t(w)], scores,
-                        row);
+            partial & st        = n_split > 1 ? partials[size_t(w)] : local;
+            attend_span(p.q + row0, n_group, d, p.scale, heads[ig], keys, t0, t1, st, scores, row);
             if (n_split == 1) {
-                write_out(partials[size_t(w)], n_group, d, p.out + row0);
+                write_out(st, n_group, d, p.out + row0);
             }
         }
     });
