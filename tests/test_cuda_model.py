@@ -61,10 +61,12 @@ def test_random_model_logits_match_cpu(cuda_models, name):
     gpu, ctx = run(cuda_models[name], "cuda", tokens[:37], tokens[37:])
     cpu, _ = run(cuda_models[name], "cpu", tokens[:37], tokens[37:])
     assert ctx.device == "cuda"
-    # The GPU rounds matmul activations to fp16 (prompt) where the CPU keeps fp32, and both quantize
-    # matvec activations to 8 bits per 32 values for the integer kernels; a wrong layout or RoPE is O(1).
-    assert rel_err(gpu, cpu) < 1e-2
-    assert np.mean(gpu.argmax(-1) == cpu.argmax(-1)) > 0.9
+    # Prompt: the GPU rounds the matmul activations to fp16 where the CPU keeps fp32 (measured <= 9e-4 on
+    # an H100). Decode: the CPU quantizes the activations of every type to 8 bits per 32 values, the GPU
+    # only for Q8_0/Q4_K/Q6_K (measured <= 1.4e-2, Q4_0). A wrong layout, RoPE or cache entry is O(1).
+    assert rel_err(gpu[:37], cpu[:37]) < 3e-3
+    assert rel_err(gpu[37:], cpu[37:]) < 3e-2
+    assert np.mean(gpu.argmax(-1) == cpu.argmax(-1)) > 0.95
 
 
 @needs_gpu
