@@ -87,6 +87,18 @@ def test_tca_prefill_and_decode_match_cpu(cuda_models):
             np.testing.assert_array_equal(gctx.kv_head_positions(il, ih), cctx.kv_head_positions(il, ih))
 
 
+def greedy_on_both(gctx, cctx, gpu_logits, cpu_logits, n):
+    """Greedy generation on the CPU; the GPU evaluates the same tokens (so that one flipped near-tie does
+    not leave the rest incomparable). Returns (CPU tokens [n], CPU logits [n, n_vocab], GPU logits)."""
+    seq, cpu_steps, gpu_steps = [], [], []
+    for _ in range(n):
+        seq.append(int(np.argmax(cpu_logits)))
+        cpu_steps.append(cpu_logits)
+        gpu_steps.append(gpu_logits)
+        cpu_logits, gpu_logits = cctx.eval([seq[-1]]), gctx.eval([seq[-1]])
+    return np.array(seq), np.array(cpu_steps), np.array(gpu_steps)
+
+
 @needs_gpu
 def test_smollm2_logits_and_greedy_output_match_cpu(smollm2_path):
     from tca import fetch
@@ -97,17 +109,25 @@ def test_smollm2_logits_and_greedy_output_match_cpu(smollm2_path):
     cctx = _core.Context(model, n_ctx=512, n_threads=2, device="cpu")
     gpu = gctx.eval(tokens, logits_all=True)
     cpu = cctx.eval(tokens, logits_all=True)
-    assert rel_err(gpu, cpu) < 1e-2
+    assert rel_err(gpu, cpu) < 3e-3  # measured 7.9e-4 on an H100
     assert np.mean(gpu.argmax(-1) == cpu.argmax(-1)) > 0.97
-    # Greedy generation, each side from its own logits.
-    out = {}
-    for name, ctx, logits in (("gpu", gctx, gpu[-1]), ("cpu", cctx, cpu[-1])):
-        seq = []
-        for _ in range(64):
-            seq.append(int(np.argmax(logits)))
-            logits = ctx.eval([seq[-1]])
-        out[name] = seq
-    assert out["gpu"] == out["cpu"]
+
+    seq, cpu_steps, gpu_steps = greedy_on_both(gctx, cctx, gpu[-1], cpu[-1], 64)
+    # The CPU's decode path rounds the activations of every matvec to 8 bits per 32 values
+    # (engine/matmul.h); the GPU's does so only for its Q8_0/Q4_K/Q6_K tensors, and the CPU's batch path
+    # never. Measured on an H100 against the CPU's batch logits of the same tokens: GPU steps 6.4e-3,
+    # CPU steps 1.5e-2 (GPU against CPU steps 1.5e-2).
+    batch = _core.Context(model, n_ctx=512, n_threads=2).eval(tokens + seq.tolist(), logits_all=True)
+    batch = batch[len(tokens) - 1 : -1]
+    assert rel_err(gpu_steps, batch) < min(1e-2, rel_err(cpu_steps, batch))
+    assert rel_err(cpu_steps, batch) < 3e-2
+    # Greedy picks: the GPU picks the CPU's token except at near-ties. Measured: the free-running outputs
+    # agree for 26 tokens; 4 of 64 steps differ, at batch-logit margins of at most 0.18 (spread 5.8).
+    picks = gpu_steps.argmax(-1)
+    differ = np.flatnonzero(picks != seq)
+    margins = batch[differ, seq[differ]] - batch[differ, picks[differ]]
+    assert len(differ) <= 6, f"GPU picks differ at steps {differ.tolist()} (margins {margins})"
+    assert (np.abs(margins) < 0.5).all(), f"not near-ties: margins {margins} at steps {differ.tolist()}"
 
 
 def test_device_names_are_checked(random_models):

@@ -142,7 +142,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
                                 "model_type": model_type(model),
                                 "model_size": model.size_bytes,
                                 "model_n_params": model.n_params,
-                                "backend": args.device.upper(),
+                                "backend": ctx.device.upper(),
                                 "n_threads": engine.n_threads,
                                 "n_batch": n_batch or 512,
                                 "attention": attention,
