@@ -130,6 +130,19 @@ def test_smollm2_logits_and_greedy_output_match_cpu(smollm2_path):
     assert (np.abs(margins) < 0.5).all(), f"not near-ties: margins {margins} at steps {differ.tolist()}"
 
 
+@needs_gpu
+def test_engine_completes_on_the_gpu_like_on_the_cpu(cuda_models):
+    from tca import Engine
+
+    texts = {}
+    for device in ("auto", "cpu"):
+        engine = Engine(cuda_models["llama-mha-f16"], n_ctx=128, n_threads=2, device=device, seed=1)
+        assert engine.ctx.device == ("cuda" if device == "auto" else "cpu")
+        out = engine.create_completion("the weather in", max_tokens=8, temperature=0)
+        texts[device] = out["choices"][0]["text"]
+    assert texts["auto"] == texts["cpu"]
+
+
 def test_device_names_are_checked(random_models):
     model = _core.Model(random_models["llama-gqa3"])
     with pytest.raises(TcaError, match="device must be"):
