@@ -149,7 +149,7 @@ class backend_cuda final : public backend {
         return {h.n, h.n_global, h.pos.data()};
     }
     void kv_keep(int il, int ih, const std::vector<int32_t> & idx, int64_t n_global) override;
-    void kv_clear() override;
+    void kv_clear() override;  // keeps the device allocations for the next sequence
     size_t kv_bytes() const override;
 
     void attention(int il, const float * q, int64_t n_q, const attn_plan * plans, float * out) override;
