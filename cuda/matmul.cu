@@ -21,7 +21,8 @@ __global__ void to_f16_kernel(const float * x, int64_t n, __half * out) {
 }  // namespace
 
 size_t matmul_cuda_work_bytes(const qweight_cuda & w, int64_t n_tok) {
-    return size_t(w.n_out + n_tok) * size_t(w.n_in) * sizeof(__half);
+    const int64_t n_w16 = w.type == ggml_type::F16 ? 0 : w.n_out;  // F16 weights are read in place
+    return size_t(n_w16 + n_tok) * size_t(w.n_in) * sizeof(__half);
 }
 
 void matmul_cuda(cublasHandle_t handle, const qweight_cuda & w, const float * x, int64_t n_tok, float * y,
@@ -32,9 +33,14 @@ void matmul_cuda(cublasHandle_t handle, const qweight_cuda & w, const float * x,
     if (work == nullptr) {
         fail("matmul_cuda: needs a workspace of %zu bytes", matmul_cuda_work_bytes(w, n_tok));
     }
-    __half * w16 = static_cast<__half *>(work);
-    __half * x16 = w16 + w.n_out * w.n_in;
-    dequantize_f16_cuda(w, 0, w.n_out, w16, stream);
+    const __half * w16 = static_cast<const __half *>(w.data);
+    __half * x16       = static_cast<__half *>(work);
+    if (w.type != ggml_type::F16) {
+        __half * dq = x16;
+        x16         = dq + w.n_out * w.n_in;
+        dequantize_f16_cuda(w, 0, w.n_out, dq, stream);
+        w16 = dq;
+    }
     const int64_t n_x = n_tok * w.n_in;
     to_f16_kernel<<<unsigned(ceil_div(n_x, 256)), 256, 0, stream>>>(x, n_x, x16);
     CUDA_CHECK_LAUNCH("to_f16_kernel");

@@ -13,7 +13,8 @@
 
 namespace tca {
 
-// Workspace of matmul_cuda: the fp16 weight [n_out, n_in] and the fp16 activations [n_tok, n_in].
+// Workspace of matmul_cuda: the fp16 weight [n_out, n_in] (none for F16 weights, read in place) and the
+// fp16 activations [n_tok, n_in].
 size_t matmul_cuda_work_bytes(const qweight_cuda & w, int64_t n_tok);
 
 // y[t, o] = sum_i w[o, i] * x[t, i];  x [n_tok, n_in] fp32, y [n_tok, n_out] fp32. The activations are

@@ -229,10 +229,47 @@ __global__ void dequant_rows_kernel(const uint8_t * w, size_t row_bytes, int64_t
     }
 }
 
-struct row_offset {
-    int64_t row0;
-    __device__ int64_t operator()(int64_t r) const { return row0 + r; }
-};
+// dequant_rows_kernel for fp16 output rows [row0, row0 + n_rows): each thread dequantizes one unit into
+// shared memory (rows padded by 16 bytes so that a quarter-warp's 16-byte stores hit distinct banks), then
+// the CTA writes its contiguous output range with coalesced 16-byte stores (a thread writing its own unit
+// directly stores to 32 different lines per warp instruction).
+constexpr int kDequantThreads = 256;
+
+template <ggml_type T>
+__global__ void __launch_bounds__(kDequantThreads)
+    dequant_rows_f16_kernel(const uint8_t * w, size_t row_bytes, int64_t n_in, int64_t row0, int64_t n_rows,
+                            __half * out) {
+    using Q                  = qtraits<T>;
+    constexpr int n_chunks   = Q::unit / 8;   // 16-byte chunks per unit
+    constexpr int row_chunks = n_chunks + 1;  // padded
+    __shared__ uint4 s_out[kDequantThreads * row_chunks];
+    const int64_t n_units = n_in / Q::unit;
+    const int64_t n_total = n_rows * n_units;
+    const int64_t idx0    = int64_t(blockIdx.x) * kDequantThreads;
+    const int64_t idx     = idx0 + threadIdx.x;
+    if (idx < n_total) {
+        float v[Q::unit];
+        dequant_unit<T>(w + (row0 + idx / n_units) * row_bytes, idx % n_units, v);
+#pragma unroll
+        for (int c = 0; c < n_chunks; ++c) {
+            uint4 chunk;
+            __half2 * h2 = reinterpret_cast<__half2 *>(&chunk);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                h2[e] = __floats2half2_rn(v[8 * c + 2 * e], v[8 * c + 2 * e + 1]);
+            }
+            s_out[threadIdx.x * row_chunks + c] = chunk;
+        }
+    }
+    __syncthreads();
+    // Unit idx fills out[idx * unit, (idx + 1) * unit): the CTA's units are one contiguous range.
+    const int64_t n_valid = min(int64_t(kDequantThreads), n_total - idx0) * n_chunks;
+    uint4 * dst           = reinterpret_cast<uint4 *>(out + idx0 * Q::unit);
+    for (int64_t j = threadIdx.x; j < n_valid; j += kDequantThreads) {
+        dst[j] = s_out[(j / n_chunks) * row_chunks + j % n_chunks];
+    }
+}
+
 struct row_ids {
     const int32_t * ids;
     __device__ int64_t operator()(int64_t r) const { return ids[r]; }
@@ -322,9 +359,9 @@ struct dequant_launch {
     template <ggml_type T>
     void operator()() const {
         const int64_t n = n_rows * (w.n_in / qtraits<T>::unit);
-        dequant_rows_kernel<T, __half><<<unsigned(ceil_div(n, 256)), 256, 0, stream>>>(
-            static_cast<const uint8_t *>(w.data), w.row_bytes(), w.n_in, n_rows, row_offset{row0}, out);
-        CUDA_CHECK_LAUNCH("dequant_rows_kernel");
+        dequant_rows_f16_kernel<T><<<unsigned(ceil_div(n, kDequantThreads)), kDequantThreads, 0, stream>>>(
+            static_cast<const uint8_t *>(w.data), w.row_bytes(), w.n_in, row0, n_rows, out);
+        CUDA_CHECK_LAUNCH("dequant_rows_f16_kernel");
     }
 };
 

@@ -32,7 +32,7 @@ size_t matvec_cuda_work_bytes(const qweight_cuda & w);
 // y[o] = sum_i w[o, i] * x[i];  x [n_in], y [n_out] fp32; work: matvec_cuda_work_bytes(w) bytes or null.
 void matvec_cuda(const qweight_cuda & w, const float * x, float * y, void * work, cudaStream_t stream);
 
-// out [n_rows, n_in] fp16 = rows [row0, row0 + n_rows) of w, dequantized.
+// out [n_rows, n_in] fp16 = rows [row0, row0 + n_rows) of w, dequantized; out 16-byte aligned.
 void dequantize_f16_cuda(const qweight_cuda & w, int64_t row0, int64_t n_rows, __half * out,
                          cudaStream_t stream);
 

@@ -1,11 +1,9 @@
 #include "context.h"
 
 #include <algorithm>
-#include <cmath>
 #include <thread>
 
 #include "common.h"
-#include "ops.h"
 
 namespace tca {
 
@@ -23,8 +21,7 @@ int default_threads(int n_threads) {
 context::context(const model & m, const context_params & params)
     : model_(m),
       params_(params),
-      pool_(default_threads(params.n_threads)),
-      cache_(m.hp.n_layer, m.hp.n_head_kv, m.hp.head_dim),
+      n_threads_(default_threads(params.n_threads)),
       plans_(size_t(m.hp.n_head_kv)),
       keeps_(size_t(m.hp.n_head_kv)) {
     if (m.layers.empty()) {
@@ -39,45 +36,69 @@ context::context(const model & m, const context_params & params)
     if (tca_enabled()) {
         tca_ = tca_config_resolve(m.has_tca ? &m.tca : nullptr, m.hp.n_layer, m.hp.n_head_kv, params_.tca);
     }
+    backend_ = backend_create(params_.device, m, n_threads_);
 }
 
 void context::reset() {
-    cache_.clear();
+    backend_->kv_clear();
     n_past_ = 0;
 }
 
-void context::attention_layer(int il, int64_t n, const int32_t * pos) {
-    const hparams & hp      = model_.hp;
-    const int64_t kv_stride = int64_t(hp.n_head_kv) * hp.head_dim;
-    const int n_group       = hp.n_head / hp.n_head_kv;
-    const float scale       = 1.0f / std::sqrt(float(hp.head_dim));
-    // The query rows of KV head ih's group at the chunk's last token: [n_group, head_dim].
-    auto q_last = [&](int ih) {
-        return &q_[(size_t(n - 1) * hp.n_head + size_t(ih) * n_group) * hp.head_dim];
+int64_t context::kv_n_tokens(int il) const {
+    int64_t n = 0;
+    for (int ih = 0; ih < model_.hp.n_head_kv; ++ih) {
+        n += backend_->kv_view(il, ih).n;
+    }
+    return n;
+}
+
+int64_t context::kv_n_tokens() const {
+    int64_t n = 0;
+    for (int il = 0; il < model_.hp.n_layer; ++il) {
+        n += kv_n_tokens(il);
+    }
+    return n;
+}
+
+size_t context::kv_bytes_per_token() const {
+    return 2 * size_t(model_.hp.head_dim) * sizeof(uint16_t) + sizeof(int32_t);
+}
+
+void context::call_hook(int il, int64_t n, const activations & a) {
+    const hparams & hp = model_.hp;
+    const size_t n_q   = size_t(n) * hp.n_head * hp.head_dim;
+    const size_t n_k   = size_t(n) * hp.n_head_kv * hp.head_dim;
+    hook_q_.resize(n_q);
+    hook_k_.resize(n_k);
+    backend_->to_host(a.q, n_q, hook_q_.data());
+    backend_->to_host(a.k, n_k, hook_k_.data());
+    hook_(il, hook_q_.data(), hook_k_.data(), n);
+}
+
+void context::attention_layer(int il, int64_t n, const activations & a) {
+    const hparams & hp = model_.hp;
+    const int n_group  = hp.n_head / hp.n_head_kv;
+    backend & be       = *backend_;
+    // The scores of KV head ih's query rows [n_group, head_dim] at the chunk's last token.
+    auto probs_of = [&](int ih) {
+        const float * q_last = a.q + (size_t(n - 1) * hp.n_head + size_t(ih) * n_group) * hp.head_dim;
+        return [&be, il, ih, q_last, n_group](int64_t nb, int64_t ne, int64_t ob, int64_t oe, float * out) {
+            be.group_probs(il, ih, q_last, n_group, nb, ne, ob, oe, out);
+        };
     };
 
+    be.kv_append(il, a.k, a.v, n);
     for (int ih = 0; ih < hp.n_head_kv; ++ih) {
-        cache_.append(il, ih, &k_[size_t(ih) * hp.head_dim], &v_[size_t(ih) * hp.head_dim], kv_stride, pos,
-                      n);
-        const kv_head & h          = cache_.head(il, ih);
+        const kv_head_view h       = be.kv_view(il, ih);
         keeps_[size_t(ih)].changed = false;
         if (tca_enabled() && n > 1) {
-            tca_plan_prefill(tca_, tca_.head_p(il, ih, hp.n_head_kv), h, n, q_last(ih), n_group, hp.head_dim,
-                             scale, plans_[size_t(ih)], keeps_[size_t(ih)]);
+            tca_plan_prefill(tca_, tca_.head_p(il, ih, hp.n_head_kv), h.n, h.n_global, n, probs_of(ih),
+                             plans_[size_t(ih)], keeps_[size_t(ih)]);
         } else {
-            plan_dense(h, n, plans_[size_t(ih)]);
+            plan_dense(h.n, n, plans_[size_t(ih)]);
         }
     }
-
-    attn_params p;
-    p.n_head    = hp.n_head;
-    p.n_head_kv = hp.n_head_kv;
-    p.head_dim  = hp.head_dim;
-    p.scale     = scale;
-    p.n_q       = n;
-    p.q         = q_.data();
-    p.out       = attn_.data();
-    attention_cpu(p, &cache_.head(il, 0), plans_.data(), pool_);
+    be.attention(il, a.q, n, plans_.data(), a.attn);
 
     if (!tca_enabled()) {
         return;
@@ -85,11 +106,11 @@ void context::attention_layer(int il, int64_t n, const int32_t * pos) {
     for (int ih = 0; ih < hp.n_head_kv; ++ih) {
         tca_keep & keep = keeps_[size_t(ih)];
         if (n == 1) {
-            tca_decode_compact(tca_, tca_.head_p(il, ih, hp.n_head_kv), cache_.head(il, ih), q_last(ih),
-                               n_group, hp.head_dim, scale, keep);
+            const kv_head_view h = be.kv_view(il, ih);
+            tca_decode_compact(tca_, tca_.head_p(il, ih, hp.n_head_kv), h.n, h.n_global, probs_of(ih), keep);
         }
         if (keep.changed) {
-            cache_.keep(il, ih, keep.keep, keep.n_global);
+            be.kv_keep(il, ih, keep.keep, keep.n_global);
         }
     }
 }
@@ -109,75 +130,71 @@ void context::eval(const int32_t * tokens, int64_t n, bool logits_all, std::vect
         }
     }
 
+    backend & be         = *backend_;
     const int64_t n_embd = hp.n_embd;
     const int64_t n_q    = int64_t(hp.n_head) * hp.head_dim;
     const int64_t n_kv   = int64_t(hp.n_head_kv) * hp.head_dim;
     const int64_t n_ub   = std::min<int64_t>(n, params_.n_batch);
-    x_.resize(size_t(n * n_embd));
-    xn_.resize(size_t(n * n_embd));
-    q_.resize(size_t(n * n_q));
-    k_.resize(size_t(n * n_kv));
-    v_.resize(size_t(n * n_kv));
-    attn_.resize(size_t(n * n_q));
-    gate_.resize(size_t(n_ub * hp.n_ff));
-    up_.resize(size_t(n_ub * hp.n_ff));
+    activations a;
+    a.x    = be.buffer(act_buffer::x, size_t(n * n_embd));
+    a.xn   = be.buffer(act_buffer::xn, size_t(n * n_embd));
+    a.q    = be.buffer(act_buffer::q, size_t(n * n_q));
+    a.k    = be.buffer(act_buffer::k, size_t(n * n_kv));
+    a.v    = be.buffer(act_buffer::v, size_t(n * n_kv));
+    a.attn = be.buffer(act_buffer::attn, size_t(n * n_q));
+    a.gate = be.buffer(act_buffer::gate, size_t(n_ub * hp.n_ff));
+    a.up   = be.buffer(act_buffer::up, size_t(n_ub * hp.n_ff));
 
     std::vector<int32_t> pos(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) {
         pos[size_t(i)] = int32_t(n_past_ + i);
     }
-    rope_table rope;
-    rope_table_init(rope, pos.data(), n, hp.n_rot, hp.rope_base, hp.rope_scale, model_.rope_freqs);
-    const bool adjacent = hp.rope == rope_style::adjacent;
+    be.set_positions(pos.data(), n);
 
-    get_rows(model_.tok_embd, tokens, n, x_.data());
+    be.get_rows(model_.tok_embd, tokens, n, a.x);
     for (int il = 0; il < hp.n_layer; ++il) {
         const layer_weights & l = model_.layers[size_t(il)];
-        op_rms_norm(x_.data(), l.attn_norm, hp.rms_eps, n, n_embd, xn_.data(), pool_);
+        be.rms_norm(a.x, l.attn_norm, hp.rms_eps, n, n_embd, a.xn);
         for (int64_t b = 0; b < n; b += n_ub) {
             const int64_t nb = std::min(n_ub, n - b);
-            matmul(l.wq, &xn_[size_t(b * n_embd)], nb, &q_[size_t(b * n_q)], pool_);
-            matmul(l.wk, &xn_[size_t(b * n_embd)], nb, &k_[size_t(b * n_kv)], pool_);
-            matmul(l.wv, &xn_[size_t(b * n_embd)], nb, &v_[size_t(b * n_kv)], pool_);
+            be.matmul(l.wq, l.bq, a.xn + b * n_embd, nb, a.q + b * n_q);
+            be.matmul(l.wk, l.bk, a.xn + b * n_embd, nb, a.k + b * n_kv);
+            be.matmul(l.wv, l.bv, a.xn + b * n_embd, nb, a.v + b * n_kv);
         }
-        if (l.bq != nullptr) {
-            op_add_bias(q_.data(), l.bq, n, n_q);
-            op_add_bias(k_.data(), l.bk, n, n_kv);
-            op_add_bias(v_.data(), l.bv, n, n_kv);
-        }
-        op_rope(q_.data(), n, hp.n_head, hp.head_dim, rope, adjacent);
-        op_rope(k_.data(), n, hp.n_head_kv, hp.head_dim, rope, adjacent);
+        be.rope(a.q, n, hp.n_head);
+        be.rope(a.k, n, hp.n_head_kv);
         if (hook_) {
-            hook_(il, q_.data(), k_.data(), n);
+            call_hook(il, n, a);
         }
 
-        attention_layer(il, n, pos.data());
+        attention_layer(il, n, a);
 
         for (int64_t b = 0; b < n; b += n_ub) {
             const int64_t nb = std::min(n_ub, n - b);
-            float * xb       = &x_[size_t(b * n_embd)];
-            float * hb       = &xn_[size_t(b * n_embd)];
-            matmul(l.wo, &attn_[size_t(b * n_q)], nb, hb, pool_);
-            op_add(xb, hb, nb * n_embd);
-            op_rms_norm(xb, l.ffn_norm, hp.rms_eps, nb, n_embd, hb, pool_);
-            matmul(l.ffn_gate, hb, nb, gate_.data(), pool_);
-            matmul(l.ffn_up, hb, nb, up_.data(), pool_);
-            op_swiglu(gate_.data(), up_.data(), nb * hp.n_ff, pool_);
-            matmul(l.ffn_down, gate_.data(), nb, hb, pool_);
-            op_add(xb, hb, nb * n_embd);
+            float * xb       = a.x + b * n_embd;
+            float * hb       = a.xn + b * n_embd;
+            be.matmul(l.wo, nullptr, a.attn + b * n_q, nb, hb);
+            be.add(xb, hb, nb * n_embd);
+            be.rms_norm(xb, l.ffn_norm, hp.rms_eps, nb, n_embd, hb);
+            be.matmul(l.ffn_gate, nullptr, hb, nb, a.gate);
+            be.matmul(l.ffn_up, nullptr, hb, nb, a.up);
+            be.swiglu(a.gate, a.up, nb * hp.n_ff);
+            be.matmul(l.ffn_down, nullptr, a.gate, nb, hb);
+            be.add(xb, hb, nb * n_embd);
         }
     }
     n_past_ += n;
 
-    // Logits of the last token, or of every token.
+    // Logits of the last token, or of every token, computed in chunks of n_ub rows.
     const int64_t first = logits_all ? 0 : n - 1;
     const int64_t n_out = n - first;
+    float * out         = be.buffer(act_buffer::logits, size_t(std::min(n_out, n_ub) * hp.n_vocab));
     logits.resize(size_t(n_out * hp.n_vocab));
-    op_rms_norm(&x_[size_t(first * n_embd)], model_.output_norm, hp.rms_eps, n_out, n_embd,
-                &xn_[size_t(first * n_embd)], pool_);
+    be.rms_norm(a.x + first * n_embd, model_.output_norm, hp.rms_eps, n_out, n_embd, a.xn + first * n_embd);
     for (int64_t b = 0; b < n_out; b += n_ub) {
         const int64_t nb = std::min(n_ub, n_out - b);
-        matmul(model_.output, &xn_[size_t((first + b) * n_embd)], nb, &logits[size_t(b * hp.n_vocab)], pool_);
+        be.matmul(model_.output, nullptr, a.xn + (first + b) * n_embd, nb, out);
+        be.to_host(out, size_t(nb * hp.n_vocab), &logits[size_t(b * hp.n_vocab)]);
     }
 }
 

@@ -6,12 +6,13 @@
 #include <memory>
 #include <vector>
 
+#include <string>
+
 #include "attention.h"
-#include "kv_cache.h"
+#include "backend.h"
 #include "model.h"
 #include "tca_config.h"
 #include "tca_runtime.h"
-#include "thread_pool.h"
 
 namespace tca {
 
@@ -19,8 +20,9 @@ enum class attention_mode { dense, tca };
 
 struct context_params {
     int n_ctx                = 4096;
-    int n_threads            = 0;    // 0: all cores
-    int n_batch              = 512;  // tokens per matrix product in prompt processing
+    int n_threads            = 0;      // 0: all cores
+    std::string device       = "cpu";  // "cpu", "cuda" or "auto" (backend_create)
+    int n_batch              = 512;    // tokens per matrix product in prompt processing
     attention_mode attention = attention_mode::dense;
     tca_overrides tca;  // with attention == tca: run-time b, w, alpha, uniform density
 };
@@ -37,39 +39,53 @@ class context {
     void reset();
 
     // Called in every layer of eval with the post-RoPE queries q [n, n_head, head_dim] and keys
-    // k [n, n_head_kv, head_dim] of the tokens being evaluated (calibration collects its statistics here).
+    // k [n, n_head_kv, head_dim] of the tokens being evaluated, in host memory (calibration collects its
+    // statistics here).
     using layer_hook = std::function<void(int il, const float * q, const float * k, int64_t n)>;
     void set_layer_hook(layer_hook hook) { hook_ = std::move(hook); }
 
+    const model & get_model() const { return model_; }
     int64_t n_past() const { return n_past_; }
     int n_ctx() const { return params_.n_ctx; }
-    int n_threads() const { return pool_.size(); }
-    const kv_cache & cache() const { return cache_; }
+    int n_threads() const { return n_threads_; }
+    const char * device() const { return backend_->name(); }
     bool tca_enabled() const { return params_.attention == attention_mode::tca; }
     const tca_config & tca() const { return tca_; }
 
+    // The KV cache: one head's entries, tokens held (per layer or in all), bytes held, bytes per token.
+    kv_head_view kv_view(int il, int ih) const { return backend_->kv_view(il, ih); }
+    int64_t kv_n_tokens(int il) const;
+    int64_t kv_n_tokens() const;
+    size_t kv_bytes() const { return backend_->kv_bytes(); }
+    size_t kv_bytes_per_token() const;  // per (layer, KV head) token: fp16 K + V and its position
+
   private:
-    void attention_layer(int il, int64_t n, const int32_t * pos);
+    // Activations of one eval call, in the backend's memory (context.cpp sizes them per call).
+    struct activations {
+        float * x;     // [n, n_embd] residual stream
+        float * xn;    // [n, n_embd] normalised input of a block
+        float * q;     // [n, n_head, head_dim]
+        float * k;     // [n, n_head_kv, head_dim]
+        float * v;     // [n, n_head_kv, head_dim]
+        float * attn;  // [n, n_head, head_dim]
+        float * gate;  // [n_batch, n_ff]
+        float * up;    // [n_batch, n_ff]
+    };
+
+    void attention_layer(int il, int64_t n, const activations & a);
+    void call_hook(int il, int64_t n, const activations & a);
 
     const model & model_;
     context_params params_;
-    thread_pool pool_;
-    kv_cache cache_;
+    int n_threads_;
+    std::unique_ptr<backend> backend_;
     tca_config tca_;  // resolved settings when attention == tca
     layer_hook hook_;
     int64_t n_past_ = 0;
 
-    // Activations of one eval call, kept between calls to avoid reallocation.
-    std::vector<float> x_;          // [n, n_embd] residual stream
-    std::vector<float> xn_;         // [n, n_embd] normalised input of a block
-    std::vector<float> q_;          // [n, n_head, head_dim]
-    std::vector<float> k_;          // [n, n_head_kv, head_dim]
-    std::vector<float> v_;          // [n, n_head_kv, head_dim]
-    std::vector<float> attn_;       // [n, n_head, head_dim]
-    std::vector<float> gate_;       // [n_batch, n_ff]
-    std::vector<float> up_;         // [n_batch, n_ff]
-    std::vector<attn_plan> plans_;  // [n_head_kv]
-    std::vector<tca_keep> keeps_;   // [n_head_kv]
+    std::vector<attn_plan> plans_;        // [n_head_kv]
+    std::vector<tca_keep> keeps_;         // [n_head_kv]
+    std::vector<float> hook_q_, hook_k_;  // host copies for the hook when the backend is not the CPU
 };
 
 }  // namespace tca

@@ -3,10 +3,10 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "attention.h"
-#include "kv_cache.h"
 #include "tca_config.h"
 
 namespace tca {
@@ -19,20 +19,26 @@ struct tca_keep {
     int64_t n_global = 0;
 };
 
-// A chunk of n_new tokens, already appended to head h, attended by its own queries: when the head's
-// uncompacted region [n_global, n) is longer than w + b, the last query's scores (q_last: the group's
-// query rows [n_group, head_dim] of the chunk's last token) select the global set G; the plan attends each
-// query to the compacted tokens, G, its window and the tail. Otherwise the plan is dense causal.
-void tca_plan_prefill(const tca_config & cfg, const float * p, const kv_head & h, int64_t n_new,
-                      const float * q_last, int n_group, int head_dim, float scale, attn_plan & plan,
-                      tca_keep & keep);
+// The group mean of one query's softmax probabilities over a head's entries (attention_group_probs in
+// engine/attention.h, with the query rows bound by the caller): each row normalised over
+// [norm_begin, norm_end), written for the entries [out_begin, out_end) into out [out_end - out_begin].
+using tca_probs_fn = std::function<void(int64_t norm_begin, int64_t norm_end, int64_t out_begin,
+                                        int64_t out_end, float * out)>;
 
-// After a single-token decode step on head h: when the recent region holds w + b tokens, its oldest b
-// are scored with this step's probabilities and the top t = max(1, floor(sum_k k p[k])) are compacted.
-void tca_decode_compact(const tca_config & cfg, const float * p, const kv_head & h, const float * q,
-                        int n_group, int head_dim, float scale, tca_keep & keep);
+// A chunk of n_new tokens, already appended to a head of n entries (the first n_global compacted),
+// attended by its own queries: when the head's uncompacted region [n_global, n) is longer than w + b, the
+// scores of the chunk's last query (probs) select the global set G; the plan attends each query to the
+// compacted tokens, G, its window and the tail. Otherwise the plan is dense causal.
+void tca_plan_prefill(const tca_config & cfg, const float * p, int64_t n, int64_t n_global, int64_t n_new,
+                      const tca_probs_fn & probs, attn_plan & plan, tca_keep & keep);
 
-// Dense causal plan for n_new queries appended at cache indices [h.n - n_new, h.n).
-void plan_dense(const kv_head & h, int64_t n_new, attn_plan & plan);
+// After a single-token decode step on a head of n entries: when the recent region [n_global, n) holds
+// w + b tokens, its oldest b are scored with this step's probabilities and the top
+// t = max(1, floor(sum_k k p[k])) are compacted.
+void tca_decode_compact(const tca_config & cfg, const float * p, int64_t n, int64_t n_global,
+                        const tca_probs_fn & probs, tca_keep & keep);
+
+// Dense causal plan for n_new queries appended at cache indices [n - n_new, n).
+void plan_dense(int64_t n, int64_t n_new, attn_plan & plan);
 
 }  // namespace tca

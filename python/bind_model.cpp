@@ -114,21 +114,25 @@ void bind_model(py::module_ & m) {
     py::class_<context>(m, "Context")
         .def(py::init([](std::shared_ptr<model> mo, int n_ctx, int n_threads, int n_batch,
                          const std::string & attention, int tca_block, int tca_window, float tca_alpha,
-                         float tca_density) {
+                         float tca_density, const std::string & device) {
                  context_params p;
                  p.n_ctx       = n_ctx;
                  p.n_threads   = n_threads;
+                 p.device      = device;
                  p.n_batch     = n_batch;
                  p.attention   = attention_from(attention);
                  p.tca.block   = tca_block;
                  p.tca.window  = tca_window;
                  p.tca.alpha   = tca_alpha;
                  p.tca.density = tca_density;
+                 py::gil_scoped_release release;  // a GPU context uploads the weights
                  return std::make_unique<context>(*mo, p);
              }),
              py::arg("model"), py::arg("n_ctx") = 4096, py::arg("n_threads") = 0, py::arg("n_batch") = 512,
              py::arg("attention") = "dense", py::arg("tca_block") = 0, py::arg("tca_window") = 0,
-             py::arg("tca_alpha") = -1.0f, py::arg("tca_density") = -1.0f, py::keep_alive<1, 2>())
+             py::arg("tca_alpha") = -1.0f, py::arg("tca_density") = -1.0f, py::arg("device") = "cpu",
+             py::keep_alive<1, 2>())
+        .def_property_readonly("device", &context::device)
         .def_property_readonly("attention",
                                [](const context & c) { return c.tca_enabled() ? "tca" : "dense"; })
         .def_property_readonly(
@@ -142,7 +146,7 @@ void bind_model(py::module_ & m) {
                 d["window"]                   = c.tca().window;
                 d["alpha"]                    = c.tca().alpha;
                 const std::vector<float> & hc = c.tca().head_config;
-                py::array_t<float> p({int64_t(c.cache().n_layer()), int64_t(c.cache().n_head_kv()),
+                py::array_t<float> p({int64_t(c.get_model().hp.n_layer), int64_t(c.get_model().hp.n_head_kv),
                                       int64_t(c.tca().n_levels)});
                 std::copy(hc.begin(), hc.end(), p.mutable_data());
                 d["head_config"] = p;
@@ -171,13 +175,14 @@ void bind_model(py::module_ & m) {
         .def("kv_head_tokens",
              [](const context & c) {
                  // [n_layer, n_head_kv, 2]: tokens held and, of those, compacted (global) tokens per head
-                 const kv_cache & kv = c.cache();
-                 py::array_t<int64_t> out({int64_t(kv.n_layer()), int64_t(kv.n_head_kv()), int64_t(2)});
+                 const hparams & hp = c.get_model().hp;
+                 py::array_t<int64_t> out({int64_t(hp.n_layer), int64_t(hp.n_head_kv), int64_t(2)});
                  int64_t * o = out.mutable_data();
-                 for (int il = 0; il < kv.n_layer(); ++il) {
-                     for (int ih = 0; ih < kv.n_head_kv(); ++ih) {
-                         *o++ = kv.head(il, ih).n;
-                         *o++ = kv.head(il, ih).n_global;
+                 for (int il = 0; il < hp.n_layer; ++il) {
+                     for (int ih = 0; ih < hp.n_head_kv; ++ih) {
+                         const kv_head_view h = c.kv_view(il, ih);
+                         *o++                 = h.n;
+                         *o++                 = h.n_global;
                      }
                  }
                  return out;
@@ -185,26 +190,26 @@ void bind_model(py::module_ & m) {
         .def(
             "kv_head_positions",
             [](const context & c, int il, int ih) {
-                const kv_cache & kv = c.cache();
-                if (il < 0 || il >= kv.n_layer() || ih < 0 || ih >= kv.n_head_kv()) {
+                const hparams & hp = c.get_model().hp;
+                if (il < 0 || il >= hp.n_layer || ih < 0 || ih >= hp.n_head_kv) {
                     fail("no KV head (%d, %d)", il, ih);
                 }
-                const kv_head & h = kv.head(il, ih);
-                return py::array_t<int32_t>(h.n, h.pos.data());
+                const kv_head_view h = c.kv_view(il, ih);
+                return py::array_t<int32_t>(h.n, h.pos);
             },
             py::arg("layer"), py::arg("kv_head"))
         .def("kv_stats", [](const context & c) {
-            const kv_cache & kv = c.cache();
+            const hparams & hp = c.get_model().hp;
             py::dict d;
             py::list per_layer;
-            for (int il = 0; il < kv.n_layer(); ++il) {
-                per_layer.append(kv.n_tokens(il));
+            for (int il = 0; il < hp.n_layer; ++il) {
+                per_layer.append(c.kv_n_tokens(il));
             }
-            const int64_t dense_tokens = c.n_past() * kv.n_layer() * kv.n_head_kv();
-            d["tokens"]                = kv.n_tokens();
-            d["bytes"]                 = kv.bytes_allocated();
+            const int64_t dense_tokens = c.n_past() * hp.n_layer * hp.n_head_kv;
+            d["tokens"]                = c.kv_n_tokens();
+            d["bytes"]                 = c.kv_bytes();
             d["dense_tokens"]          = dense_tokens;
-            d["dense_bytes"]           = size_t(dense_tokens) * kv.bytes_per_token();
+            d["dense_bytes"]           = size_t(dense_tokens) * c.kv_bytes_per_token();
             d["tokens_per_layer"]      = per_layer;
             return d;
         });

@@ -192,12 +192,97 @@ def random_kquant(rng, n_out: int, n_in: int, std: float, qtype) -> np.ndarray:
             blocks[:, off : off + 2] = np.frombuffer(np.float16(value).tobytes(), dtype=np.uint8)
 
     set_scales(1.0)
-    spread = dequantize(blocks.reshape(n_out, -1), qtype).std()
+    # The rows are independent and alike: a few of them give the spread.
+    spread = dequantize(blocks.reshape(n_out, -1)[:64], qtype).std()
     set_scales(std / spread)
     return blocks.reshape(n_out, -1)
+
+
+# Shapes of real models for synthetic benchmark models (write_synthetic_model).
+SHAPES = {
+    "llama-3.1-8b": dict(
+        n_layer=32, n_embd=4096, n_head=32, n_head_kv=8, n_ff=14336, n_vocab=128256, tied=False
+    ),
+    "smollm2-135m": dict(n_layer=30, n_embd=576, n_head=9, n_head_kv=3, n_ff=1536, n_vocab=49152, tied=True),
+}
+
+
+def write_synthetic_model(
+    path, shape: str, tensor_type: str = "F16", output_type: Optional[str] = None
+) -> str:
+    """A model of a real model's shape (SHAPES) with random weights, written fast: one random matrix per
+    distinct shape, shared by every layer (for speed benchmarks; the outputs mean nothing). output_type:
+    the output matrix's type (default tensor_type), e.g. Q6_K as in Q4_K_M files."""
+    hp = SHAPES[shape]
+    n_layer, n_embd, n_head, n_head_kv = hp["n_layer"], hp["n_embd"], hp["n_head"], hp["n_head_kv"]
+    n_ff, n_vocab, tied = hp["n_ff"], hp["n_vocab"], hp["tied"]
+    head_dim = n_embd // n_head
+    rng = np.random.default_rng(0)
+    qtype = gguf.GGMLQuantizationType[tensor_type]
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name(f"synthetic-{shape}")
+    w.add_block_count(n_layer)
+    w.add_context_length(131072)
+    w.add_embedding_length(n_embd)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_rope_dimension_count(head_dim)
+    w.add_rope_freq_base(500000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(n_vocab)
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    add_vocab(w, n_vocab)
+
+    def random_matrix(n_out, n_in, t):
+        if t.name in KQUANT_SCALE_OFFSETS:
+            return random_kquant(rng, n_out, n_in, 1.0 / np.sqrt(n_in), t)
+        data = (rng.standard_normal((n_out, n_in), dtype=np.float32) / np.sqrt(n_in)).astype(np.float32)
+        return data.astype(np.float16) if t.name == "F16" else quantize(data, t)
+
+    shared = {}
+
+    def matrix(name, n_out, n_in, t=qtype):
+        if (n_out, n_in, t) not in shared:
+            shared[(n_out, n_in, t)] = random_matrix(n_out, n_in, t)
+        raw = None if t.name in ("F32", "F16") else t
+        w.add_tensor(name, shared[(n_out, n_in, t)], raw_dtype=raw)
+
+    ones = np.ones(n_embd, dtype=np.float32)
+    matrix("token_embd.weight", n_vocab, n_embd)
+    w.add_tensor("output_norm.weight", ones)
+    if not tied:
+        matrix("output.weight", n_vocab, n_embd, gguf.GGMLQuantizationType[output_type or tensor_type])
+    for il in range(n_layer):
+        w.add_tensor(f"blk.{il}.attn_norm.weight", ones)
+        matrix(f"blk.{il}.attn_q.weight", n_head * head_dim, n_embd)
+        matrix(f"blk.{il}.attn_k.weight", n_head_kv * head_dim, n_embd)
+        matrix(f"blk.{il}.attn_v.weight", n_head_kv * head_dim, n_embd)
+        matrix(f"blk.{il}.attn_output.weight", n_embd, n_head * head_dim)
+        w.add_tensor(f"blk.{il}.ffn_norm.weight", ones)
+        matrix(f"blk.{il}.ffn_gate.weight", n_ff, n_embd)
+        matrix(f"blk.{il}.ffn_up.weight", n_ff, n_embd)
+        matrix(f"blk.{il}.ffn_down.weight", n_embd, n_ff)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return str(path)
 
 
 def load_tensors(path) -> dict:
     """All tensors of a GGUF file, dequantized to float32 in NumPy order ([n_out, n_in])."""
     reader = gguf.GGUFReader(str(Path(path)))
     return {t.name: dequantize(t.data, t.tensor_type).reshape(t.shape[::-1]) for t in reader.tensors}
+
+
+if __name__ == "__main__":
+    import argparse
+
+    p = argparse.ArgumentParser(description="Writes a synthetic model of a real model's shape.")
+    p.add_argument("path")
+    p.add_argument("--shape", choices=sorted(SHAPES), default="llama-3.1-8b")
+    p.add_argument("--type", default="F16", help="tensor type of the matrices (F16)")
+    p.add_argument("--output-type", default=None, help="type of the output matrix (the --type)")
+    a = p.parse_args()
+    write_synthetic_model(a.path, a.shape, a.type, a.output_type)

@@ -74,8 +74,8 @@ class Engine:
         self.n_threads = n_threads
         self.n_batch = n_batch
         self.verbose = verbose
-        if device != "cpu":
-            raise ValueError(f"device '{device}' is not available: this build runs on 'cpu'")
+        if device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got '{device}'")
         self.model = _core.Model(model_path, vocab_only=vocab_only)
         self.metadata: dict[str, str] = dict(self.model.metadata)
         self.ctx = None
@@ -90,7 +90,9 @@ class Engine:
                 tca_window=tca_window,
                 tca_alpha=tca_alpha,
                 tca_density=tca_density,
+                device=device,
             )
+            device = self.ctx.device  # what "auto" resolved to
         self._rng = random.Random(seed)
         self._tokens: list[int] = []  # the tokens whose K/V the context holds, in order
         self._last_logits: Optional[np.ndarray] = None  # [n_vocab], after the last evaluated token

@@ -1,0 +1,545 @@
+// The CUDA backend (backend_cuda.cuh): weight upload, device buffers, the KV cache in device memory, and
+// the dispatch of each backend op to its kernel.
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <deque>
+#include <unordered_map>
+#include <vector>
+
+#include "attention.cuh"
+#include "backend_cuda.cuh"
+#include "common.cuh"
+#include "fp16.h"
+#include "model.h"
+#include "ops.cuh"
+#include "quant_matvec.cuh"
+#include "quants.h"
+#ifdef TCA_HAVE_CUBLAS
+#include "matmul.cuh"
+#endif
+
+namespace tca {
+
+namespace {
+
+constexpr double k_mib = 1024.0 * 1024.0;
+#ifdef TCA_HAVE_CUBLAS
+// Products of up to this many tokens run as one matvec per token (the weight read once per token);
+// longer ones through cuBLAS (the weight dequantized to fp16 once per call).
+constexpr int64_t k_matvec_max_tokens = 4;
+#endif
+// KV heads written by one launch of kv_store_kernel (its pointers travel as a kernel parameter).
+constexpr int k_store_heads = 32;
+// A head's capacity grows to at least twice its size, in steps of this many entries.
+constexpr int64_t k_kv_step = 256;
+
+// cudaMalloc that throws a tca::error naming what was asked for and what was free.
+void * device_alloc(size_t bytes, const char * what) {
+    void * p = nullptr;
+    if (bytes == 0) {
+        return nullptr;
+    }
+    const cudaError_t err = cudaMalloc(&p, bytes);
+    if (err != cudaSuccess) {
+        cudaGetLastError();  // clear the error so later calls do not report it
+        size_t n_free  = 0;
+        size_t n_total = 0;
+        cudaMemGetInfo(&n_free, &n_total);
+        fail("CUDA out of memory: %s needs %.1f MiB, %.1f MiB of %.1f MiB are free (%s)", what,
+             double(bytes) / k_mib, double(n_free) / k_mib, double(n_total) / k_mib, cudaGetErrorString(err));
+    }
+    return p;
+}
+
+// A device allocation that grows on demand (contents are lost when it grows).
+class device_buffer {
+  public:
+    device_buffer() = default;
+    ~device_buffer() { cudaFree(p_); }
+    device_buffer(const device_buffer &)             = delete;
+    device_buffer & operator=(const device_buffer &) = delete;
+
+    void * reserve(size_t bytes, const char * what) {
+        if (bytes > bytes_) {
+            cudaFree(p_);
+            p_     = nullptr;
+            bytes_ = 0;
+            p_     = device_alloc(bytes, what);
+            bytes_ = bytes;
+        }
+        return p_;
+    }
+    void * get() const { return p_; }
+
+  private:
+    void * p_     = nullptr;
+    size_t bytes_ = 0;
+};
+
+// Destinations of one layer's K/V rows for up to k_store_heads heads.
+struct kv_store_dst {
+    __half * k[k_store_heads];
+    __half * v[k_store_heads];
+};
+
+// dst.k[h][t, :] = fp16(k[t, h0 + h, :]) (same for v) for t < n, h < n_heads; k, v [n, n_head_kv, head_dim].
+__global__ void kv_store_kernel(const float * k, const float * v, int64_t n, int n_head_kv, int h0,
+                                int n_heads, int head_dim, kv_store_dst dst) {
+    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= n * n_heads * head_dim) {
+        return;
+    }
+    const int d                = int(i % head_dim);
+    const int h                = int(i / head_dim % n_heads);
+    const int64_t t            = i / (int64_t(head_dim) * n_heads);
+    const int64_t src          = (t * n_head_kv + h0 + h) * head_dim + d;
+    dst.k[h][t * head_dim + d] = __float2half_rn(k[src]);
+    dst.v[h][t * head_dim + d] = __float2half_rn(v[src]);
+}
+
+// out[j, :] = src[idx[j], :] for j < n, rows of head_dim values, for K and V at once.
+__global__ void kv_gather_kernel(const __half * k, const __half * v, const int32_t * idx, int64_t n,
+                                 int head_dim, __half * k_out, __half * v_out) {
+    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= n * head_dim) {
+        return;
+    }
+    const int64_t j   = i / head_dim;
+    const int64_t src = int64_t(idx[j]) * head_dim + i % head_dim;
+    k_out[i]          = k[src];
+    v_out[i]          = v[src];
+}
+
+struct kv_head_cuda {
+    __half * k       = nullptr;  // [cap, head_dim]
+    __half * v       = nullptr;  // [cap, head_dim]
+    int64_t cap      = 0;
+    int64_t n        = 0;
+    int64_t n_global = 0;
+    std::vector<int32_t> pos;  // [n] absolute positions (host)
+};
+
+class backend_cuda final : public backend {
+  public:
+    explicit backend_cuda(const model & m);
+    ~backend_cuda() override;
+    backend_cuda(const backend_cuda &)             = delete;
+    backend_cuda & operator=(const backend_cuda &) = delete;
+
+    const char * name() const override { return "cuda"; }
+    float * buffer(act_buffer id, size_t n) override {
+        return static_cast<float *>(buffers_[size_t(id)].reserve(n * sizeof(float), "an activation buffer"));
+    }
+    void set_positions(const int32_t * pos, int64_t n) override;
+
+    void get_rows(const weight & w, const int32_t * ids, int64_t n, float * out) override;
+    void rms_norm(const float * x, const float * g, float eps, int64_t n_rows, int64_t n_cols,
+                  float * out) override {
+        rms_norm_cuda(x, vector_of(g), eps, n_rows, n_cols, out, stream_);
+    }
+    void matmul(const weight & w, const float * bias, const float * x, int64_t n_tok, float * y) override;
+    void rope(float * x, int64_t n_tok, int n_head) override;
+    void swiglu(float * gate, const float * up, int64_t n) override { swiglu_cuda(gate, up, n, stream_); }
+    void add(float * x, const float * y, int64_t n) override { add_cuda(x, y, n, stream_); }
+
+    void kv_append(int il, const float * k, const float * v, int64_t n) override;
+    kv_head_view kv_view(int il, int ih) const override {
+        const kv_head_cuda & h = head(il, ih);
+        return {h.n, h.n_global, h.pos.data()};
+    }
+    void kv_keep(int il, int ih, const std::vector<int32_t> & idx, int64_t n_global) override;
+    void kv_clear() override;  // keeps the device allocations for the next sequence
+    size_t kv_bytes() const override;
+
+    void attention(int il, const float * q, int64_t n_q, const attn_plan * plans, float * out) override;
+    void group_probs(int il, int ih, const float * q, int n_group, int64_t norm_begin, int64_t norm_end,
+                     int64_t out_begin, int64_t out_end, float * out) override;
+
+    void to_host(const float * src, size_t n, float * dst) override;
+
+  private:
+    void upload_weight(const weight & w, const std::string & name);
+    void upload_vector(const float * v, int64_t n);
+    const qweight_cuda & weight_of(const weight & w) const;
+    const float * vector_of(const float * v) const;
+    kv_head_cuda & head(int il, int ih) { return heads_[size_t(il) * hp_.n_head_kv + ih]; }
+    const kv_head_cuda & head(int il, int ih) const { return heads_[size_t(il) * hp_.n_head_kv + ih]; }
+    void kv_reserve(kv_head_cuda & h, int64_t n_needed);
+    void upload_plans(const attn_plan * plans, int64_t n_q);
+    template <typename T>
+    T * upload(device_buffer & buf, const T * src, size_t n, const char * what);
+
+    const hparams hp_;
+    cudaStream_t stream_ = nullptr;
+#ifdef TCA_HAVE_CUBLAS
+    cublasHandle_t cublas_ = nullptr;
+#endif
+    std::deque<device_buffer> weight_mem_;                      // one per uploaded tensor
+    std::unordered_map<const void *, qweight_cuda> weights_;    // host data -> device weight
+    std::unordered_map<const float *, const float *> vectors_;  // host vector -> device copy
+    const float * rope_freqs_ = nullptr;                        // [n_rot/2] device, or null
+
+    std::array<device_buffer, size_t(act_buffer::count)> buffers_;
+    device_buffer pos_mem_, ids_mem_, work_mem_, matvec_work_mem_, probs_mem_, probs_work_mem_;
+    std::vector<int32_t> pos_;  // [n] positions of the current eval (host)
+
+    std::vector<kv_head_cuda> heads_;  // [n_layer * n_head_kv]
+    device_buffer kv_ptr_mem_;         // [2, n_layer * n_head_kv] device pointers to every head's K, V
+    bool kv_ptr_dirty_ = true;
+    device_buffer gather_mem_, gather_idx_mem_;
+
+    // The plan last uploaded (lo, hi [n_head_kv, n_q], concatenated extras and offsets): a layer whose
+    // plan is the same (dense attention in every layer of a step) uploads nothing.
+    std::vector<int32_t> plan_host_, plan_uploaded_;
+    device_buffer plan_mem_;
+    bool plan_has_extras_ = false;
+};
+
+template <typename T>
+T * backend_cuda::upload(device_buffer & buf, const T * src, size_t n, const char * what) {
+    T * p = static_cast<T *>(buf.reserve(n * sizeof(T), what));
+    if (n > 0) {
+        CUDA_CHECK(cudaMemcpyAsync(p, src, n * sizeof(T), cudaMemcpyHostToDevice, stream_));
+    }
+    return p;
+}
+
+backend_cuda::backend_cuda(const model & m) : hp_(m.hp), heads_(size_t(m.hp.n_layer) * m.hp.n_head_kv) {
+    if (hp_.head_dim != 64 && hp_.head_dim != 128) {
+        fail("device 'cuda': head_dim %d is not supported by the CUDA attention (64 or 128)", hp_.head_dim);
+    }
+    CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+#ifdef TCA_HAVE_CUBLAS
+    if (cublasCreate(&cublas_) != CUBLAS_STATUS_SUCCESS) {
+        fail("device 'cuda': cublasCreate failed");
+    }
+#endif
+    upload_weight(m.tok_embd, "token_embd.weight");
+    upload_weight(m.output, "output.weight");
+    upload_vector(m.output_norm, hp_.n_embd);
+    if (m.rope_freqs != nullptr) {
+        upload_vector(m.rope_freqs, hp_.n_rot / 2);
+        rope_freqs_ = vectors_.at(m.rope_freqs);
+    }
+    const int64_t n_q  = int64_t(hp_.n_head) * hp_.head_dim;
+    const int64_t n_kv = int64_t(hp_.n_head_kv) * hp_.head_dim;
+    for (int il = 0; il < hp_.n_layer; ++il) {
+        const layer_weights & l = m.layers[size_t(il)];
+        auto name               = [il](const char * t) { return strfmt("blk.%d.%s.weight", il, t); };
+        upload_weight(l.wq, name("attn_q"));
+        upload_weight(l.wk, name("attn_k"));
+        upload_weight(l.wv, name("attn_v"));
+        upload_weight(l.wo, name("attn_output"));
+        upload_weight(l.ffn_gate, name("ffn_gate"));
+        upload_weight(l.ffn_up, name("ffn_up"));
+        upload_weight(l.ffn_down, name("ffn_down"));
+        upload_vector(l.attn_norm, hp_.n_embd);
+        upload_vector(l.ffn_norm, hp_.n_embd);
+        upload_vector(l.bq, n_q);
+        upload_vector(l.bk, n_kv);
+        upload_vector(l.bv, n_kv);
+    }
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+backend_cuda::~backend_cuda() {
+    cudaStreamSynchronize(stream_);
+    for (kv_head_cuda & h : heads_) {
+        cudaFree(h.k);
+        cudaFree(h.v);
+    }
+#ifdef TCA_HAVE_CUBLAS
+    cublasDestroy(cublas_);
+#endif
+    cudaStreamDestroy(stream_);
+}
+
+void backend_cuda::upload_weight(const weight & w, const std::string & name) {
+    if (weights_.count(w.data) > 0) {
+        return;  // the tied output matrix is the embedding
+    }
+    qweight_cuda dw{w.type, w.n_in, w.n_out, nullptr};
+    std::vector<uint16_t> f16;
+    const void * src = w.data;
+    if (!quant_cuda_supported(w.type)) {
+        if (w.type != ggml_type::F32 && w.type != ggml_type::BF16) {
+            fail("device 'cuda': %s has type %s, which the CUDA kernels do not read", name.c_str(),
+                 ggml_traits(w.type).name);
+        }
+        // Float matrices run as F16 on the GPU (the matvec and matmul kernels read F16 blocks).
+        dw.type = ggml_type::F16;
+        f16.resize(size_t(w.n_out * w.n_in));
+        std::vector<float> row(size_t(w.n_in));
+        for (int64_t r = 0; r < w.n_out; ++r) {
+            dequantize_row(w.type, static_cast<const uint8_t *>(w.data) + size_t(r) * w.row_bytes(),
+                           row.data(), w.n_in);
+            fp32_to_fp16_row(row.data(), &f16[size_t(r * w.n_in)], w.n_in);
+        }
+        src = f16.data();
+    }
+    const size_t bytes = dw.row_bytes() * size_t(w.n_out);
+    weight_mem_.emplace_back();
+    dw.data = weight_mem_.back().reserve(bytes, name.c_str());
+    CUDA_CHECK(cudaMemcpy(const_cast<void *>(dw.data), src, bytes, cudaMemcpyHostToDevice));
+    weights_.emplace(w.data, dw);
+}
+
+void backend_cuda::upload_vector(const float * v, int64_t n) {
+    if (v == nullptr || vectors_.count(v) > 0) {
+        return;
+    }
+    weight_mem_.emplace_back();
+    float * d = static_cast<float *>(weight_mem_.back().reserve(size_t(n) * sizeof(float), "a norm or bias"));
+    CUDA_CHECK(cudaMemcpy(d, v, size_t(n) * sizeof(float), cudaMemcpyHostToDevice));
+    vectors_.emplace(v, d);
+}
+
+const qweight_cuda & backend_cuda::weight_of(const weight & w) const {
+    const auto it = weights_.find(w.data);
+    if (it == weights_.end()) {
+        fail("device 'cuda': a weight of [%lld, %lld] was not uploaded", (long long)w.n_out,
+             (long long)w.n_in);
+    }
+    return it->second;
+}
+
+const float * backend_cuda::vector_of(const float * v) const {
+    if (v == nullptr) {
+        return nullptr;
+    }
+    const auto it = vectors_.find(v);
+    if (it == vectors_.end()) {
+        fail("device 'cuda': a norm or bias vector was not uploaded");
+    }
+    return it->second;
+}
+
+void backend_cuda::set_positions(const int32_t * pos, int64_t n) {
+    pos_.assign(pos, pos + n);
+    upload(pos_mem_, pos, size_t(n), "positions");
+}
+
+void backend_cuda::get_rows(const weight & w, const int32_t * ids, int64_t n, float * out) {
+    const int32_t * d_ids = upload(ids_mem_, ids, size_t(n), "token ids");
+    get_rows_cuda(weight_of(w), d_ids, n, out, stream_);
+}
+
+void backend_cuda::matmul(const weight & w, const float * bias, const float * x, int64_t n_tok, float * y) {
+    const qweight_cuda & dw = weight_of(w);
+#ifdef TCA_HAVE_CUBLAS
+    if (n_tok > k_matvec_max_tokens) {
+        void * work = work_mem_.reserve(matmul_cuda_work_bytes(dw, n_tok), "the matmul workspace");
+        matmul_cuda(cublas_, dw, x, n_tok, y, work, stream_);
+    } else
+#endif
+    {
+        void * work = matvec_work_mem_.reserve(matvec_cuda_work_bytes(dw), "the matvec workspace");
+        for (int64_t t = 0; t < n_tok; ++t) {
+            matvec_cuda(dw, x + t * dw.n_in, y + t * dw.n_out, work, stream_);
+        }
+    }
+    if (bias != nullptr) {
+        add_bias_cuda(y, vector_of(bias), n_tok, dw.n_out, stream_);
+    }
+}
+
+void backend_cuda::rope(float * x, int64_t n_tok, int n_head) {
+    rope_cuda(x, n_tok, n_head, hp_.head_dim, hp_.n_rot, static_cast<const int32_t *>(pos_mem_.get()),
+              hp_.rope_base, hp_.rope_scale, rope_freqs_, hp_.rope == rope_style::adjacent, stream_);
+}
+
+void backend_cuda::kv_reserve(kv_head_cuda & h, int64_t n_needed) {
+    if (n_needed <= h.cap) {
+        return;
+    }
+    const int64_t cap = (std::max(n_needed, 2 * h.cap) + k_kv_step - 1) / k_kv_step * k_kv_step;
+    const size_t row  = size_t(hp_.head_dim) * sizeof(__half);
+    auto * k          = static_cast<__half *>(device_alloc(size_t(cap) * row, "the KV cache"));
+    __half * v        = nullptr;
+    try {
+        v = static_cast<__half *>(device_alloc(size_t(cap) * row, "the KV cache"));
+    } catch (...) {
+        cudaFree(k);
+        throw;
+    }
+    if (h.n > 0) {
+        CUDA_CHECK(cudaMemcpyAsync(k, h.k, size_t(h.n) * row, cudaMemcpyDeviceToDevice, stream_));
+        CUDA_CHECK(cudaMemcpyAsync(v, h.v, size_t(h.n) * row, cudaMemcpyDeviceToDevice, stream_));
+    }
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    cudaFree(h.k);
+    cudaFree(h.v);
+    h.k           = k;
+    h.v           = v;
+    h.cap         = cap;
+    kv_ptr_dirty_ = true;
+}
+
+void backend_cuda::kv_append(int il, const float * k, const float * v, int64_t n) {
+    for (int h0 = 0; h0 < hp_.n_head_kv; h0 += k_store_heads) {
+        const int n_heads = std::min(k_store_heads, hp_.n_head_kv - h0);
+        kv_store_dst dst{};
+        for (int j = 0; j < n_heads; ++j) {
+            kv_head_cuda & h = head(il, h0 + j);
+            kv_reserve(h, h.n + n);
+            dst.k[j] = h.k + h.n * hp_.head_dim;
+            dst.v[j] = h.v + h.n * hp_.head_dim;
+        }
+        const int64_t n_values = n * n_heads * hp_.head_dim;
+        kv_store_kernel<<<unsigned(ceil_div(n_values, 256)), 256, 0, stream_>>>(k, v, n, hp_.n_head_kv, h0,
+                                                                                n_heads, hp_.head_dim, dst);
+        CUDA_CHECK_LAUNCH("kv_store_kernel");
+    }
+    for (int ih = 0; ih < hp_.n_head_kv; ++ih) {
+        kv_head_cuda & h = head(il, ih);
+        h.pos.insert(h.pos.end(), pos_.begin(), pos_.begin() + n);
+        h.n += n;
+    }
+}
+
+void backend_cuda::kv_keep(int il, int ih, const std::vector<int32_t> & idx, int64_t n_global) {
+    kv_head_cuda & h  = head(il, ih);
+    const int64_t n   = int64_t(idx.size());
+    const size_t rows = size_t(n) * hp_.head_dim;
+    if (n > 0) {
+        const int32_t * d_idx = upload(gather_idx_mem_, idx.data(), idx.size(), "the KV keep list");
+        auto * k_out =
+            static_cast<__half *>(gather_mem_.reserve(2 * rows * sizeof(__half), "the KV compaction"));
+        __half * v_out = k_out + rows;
+        kv_gather_kernel<<<unsigned(ceil_div(int64_t(rows), 256)), 256, 0, stream_>>>(
+            h.k, h.v, d_idx, n, hp_.head_dim, k_out, v_out);
+        CUDA_CHECK_LAUNCH("kv_gather_kernel");
+        CUDA_CHECK(cudaMemcpyAsync(h.k, k_out, rows * sizeof(__half), cudaMemcpyDeviceToDevice, stream_));
+        CUDA_CHECK(cudaMemcpyAsync(h.v, v_out, rows * sizeof(__half), cudaMemcpyDeviceToDevice, stream_));
+    }
+    std::vector<int32_t> pos(idx.size());
+    for (size_t j = 0; j < idx.size(); ++j) {
+        pos[j] = h.pos[size_t(idx[j])];
+    }
+    h.pos      = std::move(pos);
+    h.n        = n;
+    h.n_global = n_global;
+}
+
+void backend_cuda::kv_clear() {
+    for (kv_head_cuda & h : heads_) {
+        h.n        = 0;
+        h.n_global = 0;
+        h.pos.clear();
+    }
+}
+
+size_t backend_cuda::kv_bytes() const {
+    size_t bytes = 0;
+    for (const kv_head_cuda & h : heads_) {
+        bytes += size_t(h.cap) * (2 * size_t(hp_.head_dim) * sizeof(__half) + sizeof(int32_t));
+    }
+    return bytes;
+}
+
+void backend_cuda::upload_plans(const attn_plan * plans, int64_t n_q) {
+    // Layout: lo [n_head_kv, n_q], hi [n_head_kv, n_q], extra_offset [n_head_kv + 1], extras.
+    const int n_kv = hp_.n_head_kv;
+    plan_host_.resize(size_t(2 * n_kv * n_q + n_kv + 1));
+    int32_t * lo  = plan_host_.data();
+    int32_t * hi  = lo + n_kv * n_q;
+    int32_t * off = hi + n_kv * n_q;
+    off[0]        = 0;
+    for (int ih = 0; ih < n_kv; ++ih) {
+        const attn_plan & p = plans[ih];
+        for (int64_t i = 0; i < n_q; ++i) {
+            lo[ih * n_q + i] = int32_t(p.lo[size_t(i)]);
+            hi[ih * n_q + i] = int32_t(p.hi[size_t(i)]);
+        }
+        off[ih + 1] = off[ih] + int32_t(p.extra.size());
+    }
+    plan_has_extras_ = off[n_kv] > 0;
+    for (int ih = 0; ih < n_kv; ++ih) {
+        plan_host_.insert(plan_host_.end(), plans[ih].extra.begin(), plans[ih].extra.end());
+    }
+    if (plan_host_ != plan_uploaded_) {
+        upload(plan_mem_, plan_host_.data(), plan_host_.size(), "the attention plan");
+        plan_uploaded_ = plan_host_;
+    }
+}
+
+void backend_cuda::attention(int il, const float * q, int64_t n_q, const attn_plan * plans, float * out) {
+    const int n_kv = hp_.n_head_kv;
+    if (kv_ptr_dirty_) {
+        std::vector<const __half *> ptrs(2 * heads_.size());
+        for (size_t j = 0; j < heads_.size(); ++j) {
+            ptrs[j]                 = heads_[j].k;
+            ptrs[heads_.size() + j] = heads_[j].v;
+        }
+        upload(kv_ptr_mem_, ptrs.data(), ptrs.size(), "the KV pointers");
+        kv_ptr_dirty_ = false;
+    }
+    upload_plans(plans, n_q);
+    const auto * ptrs   = static_cast<const __half * const *>(kv_ptr_mem_.get());
+    const auto * d_plan = static_cast<const int32_t *>(plan_mem_.get());
+    int64_t n_keys_max  = 0;
+    for (int ih = 0; ih < n_kv; ++ih) {
+        n_keys_max = std::max(n_keys_max, head(il, ih).n);
+    }
+    attn_cuda_params p{};
+    p.n_head       = hp_.n_head;
+    p.n_head_kv    = n_kv;
+    p.head_dim     = hp_.head_dim;
+    p.scale        = 1.0f / std::sqrt(float(hp_.head_dim));
+    p.n_q          = n_q;
+    p.q            = q;
+    p.out          = out;
+    p.k            = ptrs + size_t(il) * n_kv;
+    p.v            = ptrs + heads_.size() + size_t(il) * n_kv;
+    p.lo           = d_plan;
+    p.hi           = d_plan + n_kv * n_q;
+    p.extra_offset = plan_has_extras_ ? d_plan + 2 * n_kv * n_q : nullptr;
+    p.extra        = plan_has_extras_ ? d_plan + 2 * n_kv * n_q + n_kv + 1 : nullptr;
+    p.n_keys_max   = n_keys_max;
+    p.n_split      = 0;
+    p.work = static_cast<float *>(work_mem_.reserve(attention_cuda_work_bytes(p), "the attention workspace"));
+    attention_cuda(p, stream_);
+}
+
+void backend_cuda::group_probs(int il, int ih, const float * q, int n_group, int64_t norm_begin,
+                               int64_t norm_end, int64_t out_begin, int64_t out_end, float * out) {
+    const size_t n_out = size_t(std::max<int64_t>(0, out_end - out_begin));
+    auto * d_out       = static_cast<float *>(probs_mem_.reserve(n_out * sizeof(float), "the TCA scores"));
+    auto * work        = static_cast<float *>(probs_work_mem_.reserve(
+        attention_group_probs_work_bytes(n_group, norm_begin, norm_end), "the TCA score workspace"));
+    attention_group_probs_cuda(q, n_group, hp_.head_dim, 1.0f / std::sqrt(float(hp_.head_dim)),
+                               head(il, ih).k, norm_begin, norm_end, out_begin, out_end, d_out, work,
+                               stream_);
+    CUDA_CHECK(cudaMemcpyAsync(out, d_out, n_out * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void backend_cuda::to_host(const float * src, size_t n, float * dst) {
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+}  // namespace
+
+bool backend_cuda_probe(std::string & why_not) {
+    int n                 = 0;
+    const cudaError_t err = cudaGetDeviceCount(&n);
+    if (err != cudaSuccess) {
+        cudaGetLastError();
+        why_not =
+            strfmt("no usable CUDA driver or GPU (%s: %s)", cudaGetErrorName(err), cudaGetErrorString(err));
+        return false;
+    }
+    if (n == 0) {
+        why_not = "no CUDA GPU is present";
+        return false;
+    }
+    return true;
+}
+
+std::unique_ptr<backend> backend_cuda_create(const model & m) {
+    return std::make_unique<backend_cuda>(m);
+}
+
+}  // namespace tca
