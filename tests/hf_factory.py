@@ -7,6 +7,7 @@ import json
 import os
 
 import numpy as np
+
 from tca.tools.convert_tokenizer import LLAMA3_PATTERN, QWEN2_PATTERN
 from tca.tools.safetensors_io import SafetensorsWriter
 
@@ -256,6 +257,7 @@ def export_gguf(gguf_path: str, ckpt_dir: str, dtype: str = "F16", n_shards: int
     dequantized, llama Q/K rows un-permuted to rotate-half order, tokenizer.json rebuilt with the
     SmolLM2 pre-tokenizer. Returns the config."""
     import gguf
+
     from tca.tools.convert_arch import TENSOR_NAMES
 
     reader = gguf.GGUFReader(gguf_path)

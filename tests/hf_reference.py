@@ -7,6 +7,7 @@ import math
 import os
 
 import numpy as np
+
 from tca.tools.safetensors_io import SafetensorsFile
 
 

@@ -9,9 +9,10 @@ import re
 import gguf
 import numpy as np
 import pytest
-import tca
 from hf_factory import MERGES, bpe_vocab, export_gguf, export_tokenizer, make_checkpoint, make_config
 from hf_reference import load_model as load_hf
+
+import tca
 from tca import reference
 from tca.tools import convert_arch
 from tca.tools.convert import main as convert_main

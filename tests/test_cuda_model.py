@@ -4,6 +4,7 @@ output. The GPU tests are skipped without a CUDA GPU (CI has none); the device e
 
 import numpy as np
 import pytest
+
 from tca import TcaError, _core
 
 HAVE_GPU = hasattr(_core, "cuda_available") and _core.cuda_available()

@@ -3,6 +3,7 @@ ggml dequantization through gguf-py). Skipped without a CUDA GPU: CI has none.""
 
 import numpy as np
 import pytest
+
 from tca import _core
 
 pytestmark = [

@@ -52,36 +52,39 @@ def test_attention_core_equals_masked_attention(n_q, n_k, n_head, n_head_kv, d):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-def run_engine(path, tokens, n_prompt, **tca):
+def run_engine(path, tokens, chunks, **tca):
     model = _core.Model(path)
     ctx = _core.Context(model, n_ctx=256, n_threads=2, **tca)
-    logits = [ctx.eval(tokens[:n_prompt], logits_all=True)]
-    for t in tokens[n_prompt:]:
-        logits.append(ctx.eval([t], logits_all=True))
+    logits, start = [], 0
+    for size in chunks:
+        logits.append(ctx.eval(tokens[start : start + size], logits_all=True))
+        start += size
     return np.concatenate(logits), ctx
 
 
+# Prompt then decode steps; and chat turns: later prompt chunks on a cache already compacted.
+DECODE = [90] + [1] * 40
+CHAT = [70] + [1] * 12 + [31] + [1] * 9 + [2] + [1] * 3 + [25]
+
+
 @pytest.mark.parametrize(
-    "name,b,w,density,alpha",
-    [("llama-gqa3", 8, 16, 0.3, 0.5), ("qwen2-gqa4", 4, 8, 0.5, 0.0), ("llama-mha-f16", 16, 16, 0.15, 1.0)],
+    "name,b,w,density,alpha,chunks",
+    [
+        ("llama-gqa3", 8, 16, 0.3, 0.5, DECODE),
+        ("qwen2-gqa4", 4, 8, 0.5, 0.0, DECODE),
+        ("llama-mha-f16", 16, 16, 0.15, 1.0, DECODE),
+        ("llama-gqa3", 8, 16, 0.3, 0.5, CHAT),
+        ("qwen2-gqa4", 4, 8, 0.5, 0.0, CHAT),
+    ],
 )
-def test_tca_model_equals_reference(random_models, name, b, w, density, alpha):
-    """Sparse prefill, then decode steps with compaction: logits and the kept positions of every head."""
+def test_tca_model_equals_reference(random_models, name, b, w, density, alpha, chunks):
+    """Sparse prefill, decode steps with compaction and later prompt chunks: logits and the kept
+    positions of every head."""
     path = random_models[name]
-    n_prompt, n_decode = 90, 40
-    tokens = np.random.default_rng(5).integers(0, 280, size=n_prompt + n_decode).tolist()
-    got, ctx = run_engine(
-        path,
-        tokens,
-        n_prompt,
-        attention="tca",
-        tca_block=b,
-        tca_window=w,
-        tca_alpha=alpha,
-        tca_density=density,
-    )
-    settings = ctx.tca_settings
-    ref_attn = TcaAttention(settings["head_config"], n_prompt, b, w, alpha)
+    tokens = np.random.default_rng(5).integers(0, 280, size=sum(chunks)).tolist()
+    tca = dict(attention="tca", tca_block=b, tca_window=w, tca_alpha=alpha, tca_density=density)
+    got, ctx = run_engine(path, tokens, chunks, **tca)
+    ref_attn = TcaAttention(ctx.tca_settings["head_config"], chunks, b, w, alpha)
     want = reference.load_model(path).forward(tokens, attention_fn=ref_attn)
     dense = reference.load_model(path).forward(tokens)
     err = np.linalg.norm(got - want) / np.linalg.norm(want)
@@ -124,8 +127,9 @@ def test_tca_equals_dense_when_all_dense_or_short(random_models, settings):
     """All heads dense (density 1), or a prompt no longer than the window: exactly dense attention."""
     path = random_models["qwen2-gqa4"]
     tokens = np.random.default_rng(9).integers(0, 300, size=60).tolist()
-    dense, _ = run_engine(path, tokens, 50)
-    tca, ctx = run_engine(path, tokens, 50, attention="tca", **settings)
+    chunks = [50] + [1] * 10
+    dense, _ = run_engine(path, tokens, chunks)
+    tca, ctx = run_engine(path, tokens, chunks, attention="tca", **settings)
     np.testing.assert_allclose(tca, dense, rtol=1e-5, atol=1e-5)
 
 
