@@ -15,6 +15,7 @@ import json
 import statistics
 
 import numpy as np
+
 from tca import _core
 
 N_HEAD, N_HEAD_KV, HEAD_DIM = 32, 8, 128

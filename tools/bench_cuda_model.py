@@ -14,6 +14,7 @@ import time
 
 import gguf
 import numpy as np
+
 from tca import _core
 
 

@@ -16,6 +16,7 @@ import sys
 
 import gguf
 import numpy as np
+
 from tca import TcaError
 from tca.progress import Progress
 from tca.tools.convert_arch import Arch, arch_from_config

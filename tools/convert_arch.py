@@ -9,6 +9,7 @@ import math
 
 import gguf
 import numpy as np
+
 from tca import TcaError
 
 # Hugging Face name -> GGUF name; "{bid}" is the layer index. Both architectures share it; qwen2 adds

@@ -15,6 +15,7 @@ import json
 import os
 
 import gguf
+
 from tca import TcaError
 
 # The GPT-2 split, used by a ByteLevel step with use_regex=true.

@@ -14,6 +14,7 @@ import mmap
 import os
 
 import numpy as np
+
 from tca import TcaError
 
 # dtype name -> (NumPy storage dtype, bytes per element); BF16 is kept as its raw uint16 bits.
