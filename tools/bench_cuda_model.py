@@ -16,6 +16,7 @@ import gguf
 import numpy as np
 
 from tca import _core
+from tca.tools.bench import run_test
 
 
 def copy_bandwidth() -> float:
@@ -34,19 +35,6 @@ def weight_bytes_per_token(path: str) -> tuple:
     return total, tensors["blk.0.attn_q.weight"].tensor_type.name
 
 
-def timed(ctx, rng, n_vocab: int, n_prompt: int, n_gen: int) -> float:
-    """Tokens per second of one run from an empty cache."""
-    ctx.reset()
-    tokens = rng.integers(0, n_vocab, size=max(n_prompt, n_gen)).tolist()
-    t0 = time.perf_counter()
-    if n_prompt:
-        ctx.eval(tokens[:n_prompt])
-    else:
-        for t in tokens[:n_gen]:
-            ctx.eval([t])
-    return (n_prompt or n_gen) / (time.perf_counter() - t0)
-
-
 def bench(path: str, n_prompt: int, n_gen: int, reps: int, copy_gbs: float) -> dict:
     model = _core.Model(path)
     t0 = time.perf_counter()
@@ -57,8 +45,8 @@ def bench(path: str, n_prompt: int, n_gen: int, reps: int, copy_gbs: float) -> d
     bytes_tok, qtype = weight_bytes_per_token(path)
     row["type"] = qtype
     for name, p, g in ((f"pp{n_prompt}", n_prompt, 0), (f"tg{n_gen}", 0, n_gen)):
-        timed(ctx, rng, model.n_vocab, p, g)
-        row[name] = statistics.median(timed(ctx, rng, model.n_vocab, p, g) for _ in range(reps))
+        run_test(ctx, rng, model.n_vocab, p, g, 0, p or 1)
+        row[name] = statistics.median(run_test(ctx, rng, model.n_vocab, p, g, 0, p or 1) for _ in range(reps))
     tg = row[f"tg{n_gen}"]
     row["weight_gb_per_token"] = bytes_tok / 1e9
     row["tg_gbs"] = bytes_tok * tg / 1e9
