@@ -130,6 +130,19 @@ void context::eval(const int32_t * tokens, int64_t n, bool logits_all, std::vect
         }
     }
 
+    // A failure past this point (GPU memory running out, say) may leave some layers' caches holding the
+    // new tokens and others not: the context is reset rather than left inconsistent.
+    try {
+        forward(tokens, n, logits_all, logits);
+    } catch (...) {
+        reset();
+        throw;
+    }
+    n_past_ += n;
+}
+
+void context::forward(const int32_t * tokens, int64_t n, bool logits_all, std::vector<float> & logits) {
+    const hparams & hp   = model_.hp;
     backend & be         = *backend_;
     const int64_t n_embd = hp.n_embd;
     const int64_t n_q    = int64_t(hp.n_head) * hp.head_dim;
@@ -183,7 +196,6 @@ void context::eval(const int32_t * tokens, int64_t n, bool logits_all, std::vect
             be.add(xb, hb, nb * n_embd);
         }
     }
-    n_past_ += n;
 
     // Logits of the last token, or of every token, computed in chunks of n_ub rows.
     const int64_t first = logits_all ? 0 : n - 1;

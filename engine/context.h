@@ -72,6 +72,8 @@ class context {
         float * up;    // [n_batch, n_ff]
     };
 
+    // The forward pass of eval, after its checks; leaves n_past_ to the caller.
+    void forward(const int32_t * tokens, int64_t n, bool logits_all, std::vector<float> & logits);
     void attention_layer(int il, int64_t n, const activations & a);
     void call_hook(int il, int64_t n, const activations & a);
 

@@ -94,11 +94,4 @@ inline float vec_exp_sum(float * s, int64_t n, float m) {
     return sum;
 }
 
-// y *= alpha
-inline void vec_scale(float * y, float alpha, int64_t n) {
-    for (int64_t i = 0; i < n; ++i) {
-        y[i] *= alpha;
-    }
-}
-
 }  // namespace tca
