@@ -123,12 +123,133 @@ void span_values_avx512(const float * p, int n_group, const kv_head & h, const k
         }
     }
 }
+
+// The same two kernels for a whole group of G query heads at once: each fp16 K or V row is converted
+// once for the G heads (the per-head kernels above convert it G times); used where the group's
+// registers fit (G * D <= 256).
+template <int D, int G>
+void span_scores_group(const float * q, float scale, const kv_head & h, const key_list & keys, int64_t t0,
+                       int64_t n, float * scores) {
+    constexpr int V = D / 16;
+    __m512 qv[G][V];
+    for (int g = 0; g < G; ++g) {
+        for (int c = 0; c < V; ++c) {
+            qv[g][c] = _mm512_mul_ps(_mm512_loadu_ps(q + g * D + 16 * c), _mm512_set1_ps(scale));
+        }
+    }
+    int64_t t = 0;
+    for (; t + 4 <= n; t += 4) {
+        __m512 acc[4][G];
+        for (int j = 0; j < 4; ++j) {
+            const uint16_t * kr = &h.k[size_t(keys.at(t0 + t + j)) * D];
+            __m512 kv[V];
+            for (int c = 0; c < V; ++c) {
+                kv[c] = load_fp16(kr + 16 * c);
+            }
+            for (int g = 0; g < G; ++g) {
+                acc[j][g] = _mm512_mul_ps(qv[g][0], kv[0]);
+                for (int c = 1; c < V; ++c) {
+                    acc[j][g] = _mm512_fmadd_ps(qv[g][c], kv[c], acc[j][g]);
+                }
+            }
+        }
+        for (int g = 0; g < G; ++g) {
+            _mm_storeu_ps(scores + size_t(g) * n + t, hsum4(acc[0][g], acc[1][g], acc[2][g], acc[3][g]));
+        }
+    }
+    for (; t < n; ++t) {
+        const uint16_t * kr = &h.k[size_t(keys.at(t0 + t)) * D];
+        for (int g = 0; g < G; ++g) {
+            __m512 acc = _mm512_mul_ps(qv[g][0], load_fp16(kr));
+            for (int c = 1; c < V; ++c) {
+                acc = _mm512_fmadd_ps(qv[g][c], load_fp16(kr + 16 * c), acc);
+            }
+            scores[size_t(g) * n + t] = _mm512_reduce_add_ps(acc);
+        }
+    }
+}
+
+template <int D, int G>
+void span_values_group(const float * p, const kv_head & h, const key_list & keys, int64_t t0, int64_t n,
+                       float * acc) {
+    constexpr int V = D / 16;
+    __m512 a[G][V];
+    for (int g = 0; g < G; ++g) {
+        for (int c = 0; c < V; ++c) {
+            a[g][c] = _mm512_setzero_ps();
+        }
+    }
+    for (int64_t t = 0; t < n; ++t) {
+        const uint16_t * vr = &h.v[size_t(keys.at(t0 + t)) * D];
+        __m512 vv[V];
+        for (int c = 0; c < V; ++c) {
+            vv[c] = load_fp16(vr + 16 * c);
+        }
+        for (int g = 0; g < G; ++g) {
+            const __m512 w = _mm512_set1_ps(p[size_t(g) * n + t]);
+            for (int c = 0; c < V; ++c) {
+                a[g][c] = _mm512_fmadd_ps(w, vv[c], a[g][c]);
+            }
+        }
+    }
+    for (int g = 0; g < G; ++g) {
+        for (int c = 0; c < V; ++c) {
+            _mm512_storeu_ps(acc + size_t(g) * D + 16 * c, a[g][c]);
+        }
+    }
+}
+
+// The group kernels for (head_dim, group size), or nullptr where the per-head ones serve.
+using scores_fn = void (*)(const float *, float, const kv_head &, const key_list &, int64_t, int64_t,
+                           float *);
+using values_fn = void (*)(const float *, const kv_head &, const key_list &, int64_t, int64_t, float *);
+
+scores_fn group_scores_kernel(int d, int n_group) {
+    if (d == 64) {
+        switch (n_group) {
+            case 2:
+                return span_scores_group<64, 2>;
+            case 3:
+                return span_scores_group<64, 3>;
+            case 4:
+                return span_scores_group<64, 4>;
+            default:
+                return nullptr;
+        }
+    }
+    if (d == 128 && n_group == 2) {
+        return span_scores_group<128, 2>;
+    }
+    return nullptr;
+}
+
+values_fn group_values_kernel(int d, int n_group) {
+    if (d == 64) {
+        switch (n_group) {
+            case 2:
+                return span_values_group<64, 2>;
+            case 3:
+                return span_values_group<64, 3>;
+            case 4:
+                return span_values_group<64, 4>;
+            default:
+                return nullptr;
+        }
+    }
+    if (d == 128 && n_group == 2) {
+        return span_values_group<128, 2>;
+    }
+    return nullptr;
+}
 #endif
 
 // scores[g, t] = scale * q_g . k_t, any head_dim.
 void span_scores(const float * q, int n_group, int d, float scale, const kv_head & h, const key_list & keys,
                  int64_t t0, int64_t n, float * scores, std::vector<float> & row) {
 #if defined(__AVX512F__)
+    if (const scores_fn group = group_scores_kernel(d, n_group)) {
+        return group(q, scale, h, keys, t0, n, scores);
+    }
     if (d == 64) {
         return span_scores_avx512<64>(q, n_group, scale, h, keys, t0, n, scores);
     }
@@ -149,6 +270,9 @@ void span_scores(const float * q, int n_group, int d, float scale, const kv_head
 void span_values(const float * p, int n_group, int d, const kv_head & h, const key_list & keys, int64_t t0,
                  int64_t n, float * acc, std::vector<float> & row) {
 #if defined(__AVX512F__)
+    if (const values_fn group = group_values_kernel(d, n_group)) {
+        return group(p, h, keys, t0, n, acc);
+    }
     if (d == 64) {
         return span_values_avx512<64>(p, n_group, h, keys, t0, n, acc);
     }

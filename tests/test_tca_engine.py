@@ -26,7 +26,16 @@ def masked_attention(q, k, v, mask):
 
 @pytest.mark.parametrize(
     "n_q,n_k,n_head,n_head_kv,d",
-    [(1, 1500, 4, 1, 64), (1, 700, 8, 2, 128), (13, 45, 6, 2, 64), (33, 97, 4, 4, 80), (7, 300, 8, 1, 128)],
+    [
+        (1, 1500, 4, 1, 64),
+        (1, 700, 8, 2, 128),
+        (13, 45, 6, 2, 64),
+        (33, 97, 4, 4, 80),
+        (7, 300, 8, 1, 128),
+        (9, 150, 4, 2, 64),
+        (5, 203, 4, 2, 128),
+        (3, 77, 2, 2, 64),
+    ],
 )
 def test_attention_core_equals_masked_attention(n_q, n_k, n_head, n_head_kv, d):
     rng = np.random.default_rng(n_q * 1000 + n_k)
