@@ -119,9 +119,10 @@ def test_tca_frees_gpu_memory(cuda_models):
 
     gctx.reset()
     assert gctx.kv_stats()["bytes"] == 0
-    again = gctx.eval(tokens[:40], logits_all=True)  # the cache grows again from nothing
-    cctx = _core.Context(_core.Model(path), n_ctx=1024, n_threads=2, device="cpu", **kw)
-    assert rel_err(again, cctx.eval(tokens[:40], logits_all=True)) < 1e-2
+    # The cache grows again from nothing and computes what a fresh context does (bit for bit on an H100).
+    again = gctx.eval(tokens[:100], logits_all=True)
+    fresh = _core.Context(_core.Model(path), n_ctx=1024, n_threads=2, device="cuda", **kw)
+    assert rel_err(again, fresh.eval(tokens[:100], logits_all=True)) < 1e-6
     assert gctx.kv_stats()["bytes"] == n_heads * step * per_token
 
 
