@@ -31,8 +31,16 @@ constexpr int64_t k_matvec_max_tokens = 4;
 #endif
 // KV heads written by one launch of kv_store_kernel (its pointers travel as a kernel parameter).
 constexpr int k_store_heads = 32;
-// A head's capacity grows to at least twice its size, in steps of this many entries.
+// A head's capacity is its size rounded up to this many entries: it grows by one step when full and, after
+// a compaction, gives back all but less than one step. A fixed step (not doubling) bounds the slack to
+// 256 * 256 B = 64 KiB per head (head_dim 64), so TCA frees what it drops. Appending one token per decode
+// step reallocates once per 256 tokens and copies the head's n rows then: less than 1/256 of the n rows
+// the attention itself reads at every step, so the growth stays a small part of the decode.
 constexpr int64_t k_kv_step = 256;
+
+int64_t kv_round_up(int64_t n) {
+    return (n + k_kv_step - 1) / k_kv_step * k_kv_step;
+}
 
 // cudaMalloc that throws a tca::error naming what was asked for and what was free.
 void * device_alloc(size_t bytes, const char * what) {
@@ -71,6 +79,11 @@ class device_buffer {
         return p_;
     }
     void * get() const { return p_; }
+    void release() {
+        cudaFree(p_);
+        p_     = nullptr;
+        bytes_ = 0;
+    }
 
   private:
     void * p_     = nullptr;
@@ -149,7 +162,7 @@ class backend_cuda final : public backend {
         return {h.n, h.n_global, h.pos.data()};
     }
     void kv_keep(int il, int ih, const std::vector<int32_t> & idx, int64_t n_global) override;
-    void kv_clear() override;  // keeps the device allocations for the next sequence
+    void kv_clear() override;  // frees every head's device buffers
     size_t kv_bytes() const override;
 
     void attention(int il, const float * q, int64_t n_q, const attn_plan * plans, float * out) override;
@@ -166,6 +179,10 @@ class backend_cuda final : public backend {
     kv_head_cuda & head(int il, int ih) { return heads_[size_t(il) * hp_.n_head_kv + ih]; }
     const kv_head_cuda & head(int il, int ih) const { return heads_[size_t(il) * hp_.n_head_kv + ih]; }
     void kv_reserve(kv_head_cuda & h, int64_t n_needed);
+    // Allocates K and V of cap rows each (both or neither, throwing tca::error).
+    void kv_alloc(int64_t cap, __half *& k, __half *& v);
+    // Frees a head's K and V once the stream is done with them and makes h use k, v [cap, head_dim].
+    void kv_swap(kv_head_cuda & h, __half * k, __half * v, int64_t cap);
     void upload_plans(const attn_plan * plans, int64_t n_q);
     template <typename T>
     T * upload(device_buffer & buf, const T * src, size_t n, const char * what);
@@ -349,24 +366,18 @@ void backend_cuda::rope(float * x, int64_t n_tok, int n_head) {
               hp_.rope_base, hp_.rope_scale, rope_freqs_, hp_.rope == rope_style::adjacent, stream_);
 }
 
-void backend_cuda::kv_reserve(kv_head_cuda & h, int64_t n_needed) {
-    if (n_needed <= h.cap) {
-        return;
-    }
-    const int64_t cap = (std::max(n_needed, 2 * h.cap) + k_kv_step - 1) / k_kv_step * k_kv_step;
-    const size_t row  = size_t(hp_.head_dim) * sizeof(__half);
-    auto * k          = static_cast<__half *>(device_alloc(size_t(cap) * row, "the KV cache"));
-    __half * v        = nullptr;
+void backend_cuda::kv_alloc(int64_t cap, __half *& k, __half *& v) {
+    const size_t bytes = size_t(cap) * size_t(hp_.head_dim) * sizeof(__half);
+    k                  = static_cast<__half *>(device_alloc(bytes, "the KV cache"));
     try {
-        v = static_cast<__half *>(device_alloc(size_t(cap) * row, "the KV cache"));
+        v = static_cast<__half *>(device_alloc(bytes, "the KV cache"));
     } catch (...) {
         cudaFree(k);
         throw;
     }
-    if (h.n > 0) {
-        CUDA_CHECK(cudaMemcpyAsync(k, h.k, size_t(h.n) * row, cudaMemcpyDeviceToDevice, stream_));
-        CUDA_CHECK(cudaMemcpyAsync(v, h.v, size_t(h.n) * row, cudaMemcpyDeviceToDevice, stream_));
-    }
+}
+
+void backend_cuda::kv_swap(kv_head_cuda & h, __half * k, __half * v, int64_t cap) {
     CUDA_CHECK(cudaStreamSynchronize(stream_));
     cudaFree(h.k);
     cudaFree(h.v);
@@ -374,6 +385,22 @@ void backend_cuda::kv_reserve(kv_head_cuda & h, int64_t n_needed) {
     h.v           = v;
     h.cap         = cap;
     kv_ptr_dirty_ = true;
+}
+
+void backend_cuda::kv_reserve(kv_head_cuda & h, int64_t n_needed) {
+    if (n_needed <= h.cap) {
+        return;
+    }
+    const int64_t cap = kv_round_up(n_needed);
+    const size_t row  = size_t(hp_.head_dim) * sizeof(__half);
+    __half * k        = nullptr;
+    __half * v        = nullptr;
+    kv_alloc(cap, k, v);
+    if (h.n > 0) {
+        CUDA_CHECK(cudaMemcpyAsync(k, h.k, size_t(h.n) * row, cudaMemcpyDeviceToDevice, stream_));
+        CUDA_CHECK(cudaMemcpyAsync(v, h.v, size_t(h.n) * row, cudaMemcpyDeviceToDevice, stream_));
+    }
+    kv_swap(h, k, v, cap);
 }
 
 void backend_cuda::kv_append(int il, const float * k, const float * v, int64_t n) {
@@ -402,16 +429,32 @@ void backend_cuda::kv_keep(int il, int ih, const std::vector<int32_t> & idx, int
     kv_head_cuda & h  = head(il, ih);
     const int64_t n   = int64_t(idx.size());
     const size_t rows = size_t(n) * hp_.head_dim;
+    // A head left with more than one step of slack moves its kept rows into a buffer of its new size
+    // (the gather writes there directly); otherwise they are gathered into scratch and copied back in place.
+    // Decode drops a few tokens per compaction, so it shrinks a head only once a step's worth is dropped.
+    const int64_t cap = kv_round_up(n);
+    const bool shrink = h.cap - n > k_kv_step;
+    const int32_t * d_idx =
+        n > 0 ? upload(gather_idx_mem_, idx.data(), idx.size(), "the KV keep list") : nullptr;
+    __half * k_out = nullptr;
+    __half * v_out = nullptr;
+    if (shrink && cap > 0) {
+        kv_alloc(cap, k_out, v_out);
+    } else if (!shrink && n > 0) {
+        k_out = static_cast<__half *>(gather_mem_.reserve(2 * rows * sizeof(__half), "the KV compaction"));
+        v_out = k_out + rows;
+    }
     if (n > 0) {
-        const int32_t * d_idx = upload(gather_idx_mem_, idx.data(), idx.size(), "the KV keep list");
-        auto * k_out =
-            static_cast<__half *>(gather_mem_.reserve(2 * rows * sizeof(__half), "the KV compaction"));
-        __half * v_out = k_out + rows;
         kv_gather_kernel<<<unsigned(ceil_div(int64_t(rows), 256)), 256, 0, stream_>>>(
             h.k, h.v, d_idx, n, hp_.head_dim, k_out, v_out);
         CUDA_CHECK_LAUNCH("kv_gather_kernel");
-        CUDA_CHECK(cudaMemcpyAsync(h.k, k_out, rows * sizeof(__half), cudaMemcpyDeviceToDevice, stream_));
-        CUDA_CHECK(cudaMemcpyAsync(h.v, v_out, rows * sizeof(__half), cudaMemcpyDeviceToDevice, stream_));
+        if (!shrink) {
+            CUDA_CHECK(cudaMemcpyAsync(h.k, k_out, rows * sizeof(__half), cudaMemcpyDeviceToDevice, stream_));
+            CUDA_CHECK(cudaMemcpyAsync(h.v, v_out, rows * sizeof(__half), cudaMemcpyDeviceToDevice, stream_));
+        }
+    }
+    if (shrink) {
+        kv_swap(h, k_out, v_out, cap);
     }
     std::vector<int32_t> pos(idx.size());
     for (size_t j = 0; j < idx.size(); ++j) {
@@ -424,10 +467,12 @@ void backend_cuda::kv_keep(int il, int ih, const std::vector<int32_t> & idx, int
 
 void backend_cuda::kv_clear() {
     for (kv_head_cuda & h : heads_) {
+        kv_swap(h, nullptr, nullptr, 0);
         h.n        = 0;
         h.n_global = 0;
-        h.pos.clear();
+        h.pos      = std::vector<int32_t>();
     }
+    gather_mem_.release();
 }
 
 size_t backend_cuda::kv_bytes() const {

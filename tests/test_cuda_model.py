@@ -88,6 +88,44 @@ def test_tca_prefill_and_decode_match_cpu(cuda_models):
             np.testing.assert_array_equal(gctx.kv_head_positions(il, ih), cctx.kv_head_positions(il, ih))
 
 
+@needs_gpu
+def test_tca_frees_gpu_memory(cuda_models):
+    """After a TCA prefill each head holds its kept tokens plus less than one 256-token growth step
+    (cuda/backend_cuda.cu), far below the dense cache; decode keeps that bound; reset frees everything."""
+    path = cuda_models["qwen2-gqa4-q8_0"]
+    tokens = np.random.default_rng(4).integers(0, 333, size=720).tolist()
+    kw = dict(attention="tca", tca_block=8, tca_window=16, tca_density=0.2)
+    n_heads, step = 2 * 2, 256
+
+    def bytes_of(device, **settings):
+        ctx = _core.Context(_core.Model(path), n_ctx=1024, n_threads=2, device=device, **settings)
+        logits = ctx.eval(tokens[:700], logits_all=True)
+        return ctx, logits, ctx.kv_stats()
+
+    _, _, dense = bytes_of("cuda")
+    gctx, gpu, stats = bytes_of("cuda", **kw)
+    _, cpu, _ = bytes_of("cpu", **kw)
+    assert rel_err(gpu, cpu) < 1e-2
+    per_token = dense["dense_bytes"] // dense["dense_tokens"]
+    assert dense["bytes"] >= dense["tokens"] * per_token
+    assert stats["tokens"] < 0.5 * dense["tokens"], "TCA kept most tokens: the test tests nothing"
+    assert stats["tokens"] * per_token <= stats["bytes"] < (stats["tokens"] + step * n_heads) * per_token
+    assert stats["bytes"] < 0.5 * dense["bytes"]
+
+    for t in tokens[700:]:  # compacting decode: growth and compaction stay within one step per head
+        gctx.eval([t])
+        stats = gctx.kv_stats()
+        assert stats["tokens"] * per_token <= stats["bytes"] < (stats["tokens"] + step * n_heads) * per_token
+
+    gctx.reset()
+    assert gctx.kv_stats()["bytes"] == 0
+    # The cache grows again from nothing and computes what a fresh context does (bit for bit on an H100).
+    again = gctx.eval(tokens[:100], logits_all=True)
+    fresh = _core.Context(_core.Model(path), n_ctx=1024, n_threads=2, device="cuda", **kw)
+    assert rel_err(again, fresh.eval(tokens[:100], logits_all=True)) < 1e-6
+    assert gctx.kv_stats()["bytes"] == n_heads * step * per_token
+
+
 def greedy_on_both(gctx, cctx, gpu_logits, cpu_logits, n):
     """Greedy generation on the CPU; the GPU evaluates the same tokens (so that one flipped near-tie does
     not leave the rest incomparable). Returns (CPU tokens [n], CPU logits [n, n_vocab], GPU logits)."""
