@@ -39,6 +39,69 @@ size_t gguf_type_size(gguf_type type) {
     return uint32_t(type) < k_n_types ? k_type_table[uint32_t(type)].size : 0;
 }
 
+gguf_number gguf_read_number(gguf_type type, const uint8_t * p) {
+    union {
+        uint8_t u8;
+        int8_t i8;
+        uint16_t u16;
+        int16_t i16;
+        uint32_t u32;
+        int32_t i32;
+        uint64_t u64;
+        int64_t i64;
+        float f32;
+        double f64;
+    } v;
+    std::memcpy(&v, p, gguf_type_size(type));
+    gguf_number n{gguf_number::kind::sint};
+    switch (type) {
+        case gguf_type::UINT8:
+            n.k = gguf_number::kind::uint;
+            n.u = v.u8;
+            break;
+        case gguf_type::UINT16:
+            n.k = gguf_number::kind::uint;
+            n.u = v.u16;
+            break;
+        case gguf_type::UINT32:
+            n.k = gguf_number::kind::uint;
+            n.u = v.u32;
+            break;
+        case gguf_type::UINT64:
+            n.k = gguf_number::kind::uint;
+            n.u = v.u64;
+            break;
+        case gguf_type::INT8:
+            n.i = v.i8;
+            break;
+        case gguf_type::INT16:
+            n.i = v.i16;
+            break;
+        case gguf_type::INT32:
+            n.i = v.i32;
+            break;
+        case gguf_type::INT64:
+            n.i = v.i64;
+            break;
+        case gguf_type::FLOAT32:
+            n.k = gguf_number::kind::real;
+            n.f = v.f32;
+            break;
+        case gguf_type::FLOAT64:
+            n.k = gguf_number::kind::real;
+            n.f = v.f64;
+            break;
+        case gguf_type::BOOL:
+            n.k = gguf_number::kind::boolean;
+            n.b = v.u8 != 0;
+            break;
+        case gguf_type::STRING:
+        case gguf_type::ARRAY:
+            fail("gguf_read_number: %s is not a fixed-size type", gguf_type_name(type));
+    }
+    return n;
+}
+
 namespace {
 
 // Smallest possible encodings, used to bound the counts in the header by the bytes that follow.
@@ -528,45 +591,16 @@ std::string quoted(const std::string & s) {
 
 // One element of a fixed-size array, formatted like a scalar of its type.
 std::string arr_elem_to_string(gguf_type type, const uint8_t * p) {
-    union {
-        uint8_t u8;
-        int8_t i8;
-        uint16_t u16;
-        int16_t i16;
-        uint32_t u32;
-        int32_t i32;
-        uint64_t u64;
-        int64_t i64;
-        float f32;
-        double f64;
-    } v;
-    std::memcpy(&v, p, gguf_type_size(type));
-    switch (type) {
-        case gguf_type::UINT8:
-            return std::to_string(v.u8);
-        case gguf_type::INT8:
-            return std::to_string(v.i8);
-        case gguf_type::UINT16:
-            return std::to_string(v.u16);
-        case gguf_type::INT16:
-            return std::to_string(v.i16);
-        case gguf_type::UINT32:
-            return std::to_string(v.u32);
-        case gguf_type::INT32:
-            return std::to_string(v.i32);
-        case gguf_type::UINT64:
-            return std::to_string(v.u64);
-        case gguf_type::INT64:
-            return std::to_string(v.i64);
-        case gguf_type::FLOAT32:
-            return std::to_string(v.f32);
-        case gguf_type::FLOAT64:
-            return std::to_string(v.f64);
-        case gguf_type::BOOL:
-            return v.u8 != 0 ? "true" : "false";
-        case gguf_type::STRING:
-        case gguf_type::ARRAY:
-            break;
+    const gguf_number n = gguf_read_number(type, p);
+    switch (n.k) {
+        case gguf_number::kind::sint:
+            return std::to_string(n.i);
+        case gguf_number::kind::uint:
+            return std::to_string(n.u);
+        case gguf_number::kind::real:
+            return std::to_string(n.f);
+        case gguf_number::kind::boolean:
+            return n.b ? "true" : "false";
     }
     return "?";
 }

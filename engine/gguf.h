@@ -44,6 +44,17 @@ const char * gguf_type_name(gguf_type type);
 // Bytes of one value of a fixed-size type; 0 for STRING and ARRAY.
 size_t gguf_type_size(gguf_type type);
 
+// A fixed-size value (any type but STRING and ARRAY) decoded from possibly unaligned bytes: integers
+// as i (signed) or u (unsigned), FLOAT32/FLOAT64 as f, BOOL as b.
+struct gguf_number {
+    enum class kind { sint, uint, real, boolean } k;
+    int64_t i  = 0;
+    uint64_t u = 0;
+    double f   = 0.0;
+    bool b     = false;
+};
+gguf_number gguf_read_number(gguf_type type, const uint8_t * p);
+
 // A key or tensor name from a file, made safe for an error message: control bytes and invalid UTF-8
 // become \xNN (messages must decode as UTF-8 in Python) and names past 200 bytes are cut.
 std::string gguf_printable(const std::string & s);

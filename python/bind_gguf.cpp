@@ -46,45 +46,16 @@ auto by_key(R (gguf_file::*getter)(const std::string &) const) {
 
 // One fixed-size array element at p (possibly unaligned).
 py::object elem_to_py(gguf_type type, const uint8_t * p) {
-    union {
-        uint8_t u8;
-        int8_t i8;
-        uint16_t u16;
-        int16_t i16;
-        uint32_t u32;
-        int32_t i32;
-        uint64_t u64;
-        int64_t i64;
-        float f32;
-        double f64;
-    } v;
-    std::memcpy(&v, p, gguf_type_size(type));
-    switch (type) {
-        case gguf_type::UINT8:
-            return py::int_(v.u8);
-        case gguf_type::INT8:
-            return py::int_(v.i8);
-        case gguf_type::UINT16:
-            return py::int_(v.u16);
-        case gguf_type::INT16:
-            return py::int_(v.i16);
-        case gguf_type::UINT32:
-            return py::int_(v.u32);
-        case gguf_type::INT32:
-            return py::int_(v.i32);
-        case gguf_type::UINT64:
-            return py::int_(v.u64);
-        case gguf_type::INT64:
-            return py::int_(v.i64);
-        case gguf_type::FLOAT32:
-            return py::float_(v.f32);
-        case gguf_type::FLOAT64:
-            return py::float_(v.f64);
-        case gguf_type::BOOL:
-            return py::bool_(v.u8 != 0);
-        case gguf_type::STRING:
-        case gguf_type::ARRAY:
-            break;
+    const gguf_number n = gguf_read_number(type, p);
+    switch (n.k) {
+        case gguf_number::kind::sint:
+            return py::int_(n.i);
+        case gguf_number::kind::uint:
+            return py::int_(n.u);
+        case gguf_number::kind::real:
+            return py::float_(n.f);
+        case gguf_number::kind::boolean:
+            return py::bool_(n.b);
     }
     return py::none();
 }
