@@ -444,10 +444,28 @@ void attn_launch(const attn_cuda_params & p, int n_split, cudaStream_t stream) {
     using C              = attn_cfg<D, SPLIT_KEYS>;
     const int64_t n_rows = p.n_q * (p.n_head / p.n_head_kv);
     const dim3 grid(unsigned(ceil_div(n_rows, C::M)), unsigned(p.n_head_kv), unsigned(n_split));
-    CUDA_CHECK(cudaFuncSetAttribute(attn_kernel<D, SPLIT_KEYS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    int(C::smem)));
+    static const bool smem_set = [] {  // once per instance: the call costs host time on every launch
+        CUDA_CHECK(cudaFuncSetAttribute(attn_kernel<D, SPLIT_KEYS>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, int(C::smem)));
+        return true;
+    }();
+    (void)smem_set;
     attn_kernel<D, SPLIT_KEYS><<<grid, kThreads, C::smem, stream>>>(p, n_split);
     CUDA_CHECK_LAUNCH("attn_kernel");
+}
+
+// CTAs of one instance that fit on a multiprocessor at once (shared memory is the limit).
+template <int D, bool SPLIT_KEYS>
+int attn_ctas_per_sm() {
+    static const int n = [] {
+        using C  = attn_cfg<D, SPLIT_KEYS>;
+        int dev  = 0;
+        int smem = 0;
+        CUDA_CHECK(cudaGetDevice(&dev));
+        CUDA_CHECK(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev));
+        return std::max(1, int(size_t(smem) / (C::smem + 1024)));  // 1 KiB reserved per CTA
+    }();
+    return n;
 }
 
 bool attn_split_keys(const attn_cuda_params & p) {
@@ -476,10 +494,16 @@ int attention_cuda_n_split(const attn_cuda_params & p) {
     if (p.n_split > 0) {
         return std::min(p.n_split, 65535);
     }
-    const int64_t m_rows   = attn_split_keys(p) ? 16 : 2 * 16 * kWarps;
-    const int64_t n_ctas   = p.n_head_kv * ceil_div(p.n_q * (p.n_head / p.n_head_kv), m_rows);
-    const int64_t target   = 2 * int64_t(cuda_sm_count());
-    const int64_t by_keys  = std::max<int64_t>(1, p.n_keys_max / (8 * kTileN));  // >= 8 tiles per split
+    // Decode walks each split's tiles one after another at a few microseconds per tile (the cp.async
+    // latency, not the bandwidth), so it splits down to 2 tiles per CTA and fills every multiprocessor to
+    // its shared-memory limit; prefill CTAs have enough rows to stay busy and split down to 8 tiles.
+    const bool decode    = attn_split_keys(p);
+    const int64_t m_rows = decode ? 16 : 2 * 16 * kWarps;
+    const int64_t n_ctas = p.n_head_kv * ceil_div(p.n_q * (p.n_head / p.n_head_kv), m_rows);
+    const int per_sm =
+        !decode ? 2 : (p.head_dim == 64 ? attn_ctas_per_sm<64, true>() : attn_ctas_per_sm<128, true>());
+    const int64_t target   = int64_t(per_sm) * cuda_sm_count();
+    const int64_t by_keys  = std::max<int64_t>(1, p.n_keys_max / ((decode ? 2 : 8) * kTileN));
     const int64_t n_needed = ceil_div(target, std::max<int64_t>(1, n_ctas));
     return int(std::clamp<int64_t>(std::min(n_needed, by_keys), 1, 128));
 }

@@ -151,10 +151,15 @@ class backend_cuda final : public backend {
                   float * out) override {
         rms_norm_cuda(x, vector_of(g), eps, n_rows, n_cols, out, stream_);
     }
+    void add_rms_norm(float * x, const float * y, const float * g, float eps, int64_t n_rows, int64_t n_cols,
+                      float * out) override {
+        add_rms_norm_cuda(x, y, vector_of(g), eps, n_rows, n_cols, out, stream_);
+    }
     void matmul(const weight & w, const float * bias, const float * x, int64_t n_tok, float * y) override;
-    void rope(float * x, int64_t n_tok, int n_head) override;
-    void swiglu(float * gate, const float * up, int64_t n) override { swiglu_cuda(gate, up, n, stream_); }
-    void add(float * x, const float * y, int64_t n) override { add_cuda(x, y, n, stream_); }
+    void matmul_multi(const matmul_out * outs, int n, const float * x, int64_t n_tok) override;
+    void ffn_swiglu(const weight & w_gate, const weight & w_up, const float * x, int64_t n_tok, float * gate,
+                    float * up) override;
+    void rope(float * q, float * k, int64_t n_tok) override;
 
     void kv_append(int il, const float * k, const float * v, int64_t n) override;
     kv_head_view kv_view(int il, int ih) const override {
@@ -175,6 +180,8 @@ class backend_cuda final : public backend {
     void upload_weight(const weight & w, const std::string & name);
     void upload_vector(const float * v, int64_t n);
     const qweight_cuda & weight_of(const weight & w) const;
+    bool use_matvec(int64_t n_tok) const;  // one matvec per token rather than a cuBLAS product
+    void * matvec_work(const qweight_cuda & w);
     const float * vector_of(const float * v) const;
     kv_head_cuda & head(int il, int ih) { return heads_[size_t(il) * hp_.n_head_kv + ih]; }
     const kv_head_cuda & head(int il, int ih) const { return heads_[size_t(il) * hp_.n_head_kv + ih]; }
@@ -342,28 +349,80 @@ void backend_cuda::get_rows(const weight & w, const int32_t * ids, int64_t n, fl
     get_rows_cuda(weight_of(w), d_ids, n, out, stream_);
 }
 
+bool backend_cuda::use_matvec(int64_t n_tok) const {
+#ifdef TCA_HAVE_CUBLAS
+    return n_tok <= k_matvec_max_tokens;
+#else
+    return n_tok > 0;
+#endif
+}
+
+void * backend_cuda::matvec_work(const qweight_cuda & w) {
+    return matvec_work_mem_.reserve(matvec_cuda_work_bytes(w), "the matvec workspace");
+}
+
 void backend_cuda::matmul(const weight & w, const float * bias, const float * x, int64_t n_tok, float * y) {
     const qweight_cuda & dw = weight_of(w);
-#ifdef TCA_HAVE_CUBLAS
-    if (n_tok > k_matvec_max_tokens) {
-        void * work = work_mem_.reserve(matmul_cuda_work_bytes(dw, n_tok), "the matmul workspace");
-        matmul_cuda(cublas_, dw, x, n_tok, y, work, stream_);
-    } else
-#endif
-    {
-        void * work = matvec_work_mem_.reserve(matvec_cuda_work_bytes(dw), "the matvec workspace");
+    if (use_matvec(n_tok)) {
+        void * work = matvec_work(dw);
         for (int64_t t = 0; t < n_tok; ++t) {
-            matvec_cuda(dw, x + t * dw.n_in, y + t * dw.n_out, work, stream_);
+            const matvec_out out{dw, vector_of(bias), y + t * dw.n_out};
+            matvec_multi_cuda(&out, 1, x + t * dw.n_in, work, stream_);
         }
+        return;
     }
+#ifdef TCA_HAVE_CUBLAS
+    void * work = work_mem_.reserve(matmul_cuda_work_bytes(dw, n_tok), "the matmul workspace");
+    matmul_cuda(cublas_, dw, x, n_tok, y, work, stream_);
     if (bias != nullptr) {
         add_bias_cuda(y, vector_of(bias), n_tok, dw.n_out, stream_);
     }
+#endif
 }
 
-void backend_cuda::rope(float * x, int64_t n_tok, int n_head) {
-    rope_cuda(x, n_tok, n_head, hp_.head_dim, hp_.n_rot, static_cast<const int32_t *>(pos_mem_.get()),
-              hp_.rope_base, hp_.rope_scale, rope_freqs_, hp_.rope == rope_style::adjacent, stream_);
+void backend_cuda::matmul_multi(const matmul_out * outs, int n, const float * x, int64_t n_tok) {
+    if (!use_matvec(n_tok) || n > kMatvecSegs) {
+        for (int j = 0; j < n; ++j) {
+            matmul(*outs[j].w, outs[j].bias, x, n_tok, outs[j].y);
+        }
+        return;
+    }
+    matvec_out mv[kMatvecSegs];
+    size_t work_bytes = 0;
+    for (int j = 0; j < n; ++j) {
+        mv[j].w    = weight_of(*outs[j].w);
+        mv[j].bias = vector_of(outs[j].bias);
+        work_bytes = std::max(work_bytes, matvec_cuda_work_bytes(mv[j].w));
+    }
+    void * work = matvec_work_mem_.reserve(work_bytes, "the matvec workspace");
+    for (int64_t t = 0; t < n_tok; ++t) {
+        for (int j = 0; j < n; ++j) {
+            mv[j].y = outs[j].y + t * mv[j].w.n_out;
+        }
+        matvec_multi_cuda(mv, n, x + t * mv[0].w.n_in, work, stream_);
+    }
+}
+
+void backend_cuda::ffn_swiglu(const weight & w_gate, const weight & w_up, const float * x, int64_t n_tok,
+                              float * gate, float * up) {
+    const qweight_cuda & g = weight_of(w_gate);
+    const qweight_cuda & u = weight_of(w_up);
+    if (use_matvec(n_tok) && g.type == u.type) {
+        void * work = matvec_work(g);
+        for (int64_t t = 0; t < n_tok; ++t) {
+            matvec_swiglu_cuda(g, u, x + t * g.n_in, gate + t * g.n_out, work, stream_);
+        }
+        return;
+    }
+    matmul(w_gate, nullptr, x, n_tok, gate);
+    matmul(w_up, nullptr, x, n_tok, up);
+    swiglu_cuda(gate, up, n_tok * g.n_out, stream_);
+}
+
+void backend_cuda::rope(float * q, float * k, int64_t n_tok) {
+    rope_cuda(q, hp_.n_head, k, hp_.n_head_kv, n_tok, hp_.head_dim, hp_.n_rot,
+              static_cast<const int32_t *>(pos_mem_.get()), hp_.rope_base, hp_.rope_scale, rope_freqs_,
+              hp_.rope == rope_style::adjacent, stream_);
 }
 
 void backend_cuda::kv_alloc(int64_t cap, __half *& k, __half *& v) {

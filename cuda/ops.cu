@@ -39,10 +39,33 @@ __global__ void add_bias_kernel(float * y, const float * b, int64_t n_rows, int6
     }
 }
 
-__global__ void add_kernel(float * x, const float * y, int64_t n) {
-    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (i < n) {
-        x[i] += y[i];
+// One CTA per row: x += y, then out = rms_norm(x) * g (out may alias y: y is read before out is written).
+__global__ void add_rms_norm_kernel(float * x, const float * y, const float * g, float eps, int64_t n_cols,
+                                    float * out) {
+    __shared__ float s_red[32];
+    float * xr       = x + int64_t(blockIdx.x) * n_cols;
+    const float * yr = y + int64_t(blockIdx.x) * n_cols;
+    float * outr     = out + int64_t(blockIdx.x) * n_cols;
+    float ss         = 0.0f;
+    for (int64_t c = threadIdx.x; c < n_cols; c += blockDim.x) {
+        const float v = xr[c] + yr[c];
+        xr[c]         = v;
+        ss += v * v;
+    }
+    for (int o = 16; o > 0; o /= 2) {
+        ss += __shfl_xor_sync(0xffffffff, ss, o);
+    }
+    if (threadIdx.x % 32 == 0) {
+        s_red[threadIdx.x / 32] = ss;
+    }
+    __syncthreads();
+    ss = 0.0f;
+    for (int w = 0; w < int(blockDim.x / 32); ++w) {
+        ss += s_red[w];
+    }
+    const float s = rsqrtf(ss / float(n_cols) + eps);
+    for (int64_t c = threadIdx.x; c < n_cols; c += blockDim.x) {
+        outr[c] = xr[c] * s * g[c];  // each thread reads back only the values it wrote
     }
 }
 
@@ -54,14 +77,22 @@ __global__ void swiglu_kernel(float * gate, const float * up, int64_t n) {
     }
 }
 
-// One thread per (token, head, pair).
-__global__ void rope_kernel(float * x, int64_t n_tok, int n_head, int head_dim, int n_rot,
-                            const int32_t * pos, float base, float scale, const float * freq_factors,
-                            bool adjacent) {
+// One thread per (token, head, pair) of q [n_tok, n_head_q] and then of k [n_tok, n_head_k].
+__global__ void rope_kernel(float * q, int n_head_q, float * k, int n_head_k, int64_t n_tok, int head_dim,
+                            int n_rot, const int32_t * pos, float base, float scale,
+                            const float * freq_factors, bool adjacent) {
     const int half    = n_rot / 2;
-    const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (idx >= n_tok * n_head * half) {
-        return;
+    const int64_t n_q = n_tok * n_head_q * half;
+    int64_t idx       = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    float * x         = q;
+    int n_head        = n_head_q;
+    if (idx >= n_q) {
+        idx -= n_q;
+        x      = k;
+        n_head = n_head_k;
+        if (idx >= n_tok * n_head_k * half) {
+            return;
+        }
     }
     const int i       = int(idx % half);
     const int64_t th  = idx / half;  // token * n_head + head
@@ -123,12 +154,13 @@ void add_bias_cuda(float * y, const float * b, int64_t n_rows, int64_t n_cols, c
     CUDA_CHECK_LAUNCH("add_bias_kernel");
 }
 
-void add_cuda(float * x, const float * y, int64_t n, cudaStream_t stream) {
-    if (n <= 0) {
+void add_rms_norm_cuda(float * x, const float * y, const float * g, float eps, int64_t n_rows, int64_t n_cols,
+                       float * out, cudaStream_t stream) {
+    if (n_rows <= 0 || n_cols <= 0) {
         return;
     }
-    add_kernel<<<grid_for(n), kBlock, 0, stream>>>(x, y, n);
-    CUDA_CHECK_LAUNCH("add_kernel");
+    add_rms_norm_kernel<<<unsigned(n_rows), kBlock, 0, stream>>>(x, y, g, eps, n_cols, out);
+    CUDA_CHECK_LAUNCH("add_rms_norm_kernel");
 }
 
 void swiglu_cuda(float * gate, const float * up, int64_t n, cudaStream_t stream) {
@@ -139,17 +171,18 @@ void swiglu_cuda(float * gate, const float * up, int64_t n, cudaStream_t stream)
     CUDA_CHECK_LAUNCH("swiglu_kernel");
 }
 
-void rope_cuda(float * x, int64_t n_tok, int n_head, int head_dim, int n_rot, const int32_t * pos, float base,
-               float scale, const float * freq_factors, bool adjacent, cudaStream_t stream) {
+void rope_cuda(float * q, int n_head_q, float * k, int n_head_k, int64_t n_tok, int head_dim, int n_rot,
+               const int32_t * pos, float base, float scale, const float * freq_factors, bool adjacent,
+               cudaStream_t stream) {
     if (n_rot <= 0 || n_rot % 2 != 0 || n_rot > head_dim) {
         fail("rope_cuda: n_rot %d must be even and within head_dim %d", n_rot, head_dim);
     }
-    const int64_t n = n_tok * n_head * (n_rot / 2);
+    const int64_t n = n_tok * (n_head_q + n_head_k) * (n_rot / 2);
     if (n <= 0) {
         return;
     }
-    rope_kernel<<<grid_for(n), kBlock, 0, stream>>>(x, n_tok, n_head, head_dim, n_rot, pos, base, scale,
-                                                    freq_factors, adjacent);
+    rope_kernel<<<grid_for(n), kBlock, 0, stream>>>(q, n_head_q, k, n_head_k, n_tok, head_dim, n_rot, pos,
+                                                    base, scale, freq_factors, adjacent);
     CUDA_CHECK_LAUNCH("rope_kernel");
 }
 

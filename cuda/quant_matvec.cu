@@ -1,6 +1,8 @@
 // Kernels over ggml blocks. matvec: one CTA per kMatvecRows output rows; each thread takes whole units
 // (16 to 64 contiguous bytes of a row) and reads the matching x chunk once for all the rows. Q8_0, Q4_K and
-// Q6_K multiply with int8 activations (dp4a); the others in fp32.
+// Q6_K multiply with int8 activations (dp4a); the others in fp32. One launch serves several products of the
+// same input (Q, K and V: up to kMatvecSegs weights of one type, one after the other in the grid), or the
+// gate and up products of a SwiGLU feed-forward, whose CTAs read 4 rows of each and store silu(g) * u.
 #include "common.cuh"
 #include "quant_blocks.cuh"
 #include "quant_matvec.cuh"
@@ -14,13 +16,15 @@ namespace {
 constexpr int kMatvecWarps = 4;
 constexpr int kMatvecRows  = 4;
 
-__device__ __forceinline__ void matvec_store(float (&acc)[kMatvecRows], int64_t row0, int64_t n_out,
-                                             float * y) {
-    __shared__ float s_acc[kMatvecWarps][kMatvecRows];
+// Sums acc [R] over the CTA; the totals are in the returned shared array (valid after the call).
+template <int R>
+__device__ __forceinline__ const float * matvec_reduce(float (&acc)[R]) {
+    __shared__ float s_acc[kMatvecWarps][R];
+    __shared__ float s_sum[R];
     const int warp = threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
 #pragma unroll
-    for (int rr = 0; rr < kMatvecRows; ++rr) {
+    for (int rr = 0; rr < R; ++rr) {
         for (int o = 16; o > 0; o /= 2) {
             acc[rr] += __shfl_xor_sync(0xffffffff, acc[rr], o);
         }
@@ -29,23 +33,23 @@ __device__ __forceinline__ void matvec_store(float (&acc)[kMatvecRows], int64_t 
         }
     }
     __syncthreads();
-    if (threadIdx.x < kMatvecRows && row0 + threadIdx.x < n_out) {
+    if (threadIdx.x < R) {
         float sum = 0.0f;
         for (int w = 0; w < kMatvecWarps; ++w) {
             sum += s_acc[w][threadIdx.x];
         }
-        y[row0 + threadIdx.x] = sum;
+        s_sum[threadIdx.x] = sum;
     }
+    __syncthreads();
+    return s_sum;
 }
 
-template <ggml_type T>
-__global__ void __launch_bounds__(32 * kMatvecWarps)
-    matvec_kernel(const uint8_t * w, size_t row_bytes, int64_t n_in, int64_t n_out, const float * x,
-                  float * y) {
-    using Q                = qtraits<T>;
-    const int64_t row0     = int64_t(blockIdx.x) * kMatvecRows;
-    const int64_t n_units  = n_in / Q::unit;
-    float acc[kMatvecRows] = {};
+// acc[r] += row r . x over the CTA's share of the units, fp32 path; rows [R] point at whole weight rows.
+template <ggml_type T, int R>
+__device__ __forceinline__ void matvec_accumulate(const uint8_t * const (&rows)[R], int64_t n_in,
+                                                  const float * x, float (&acc)[R]) {
+    using Q               = qtraits<T>;
+    const int64_t n_units = n_in / Q::unit;
     for (int64_t u = threadIdx.x; u < n_units; u += blockDim.x) {
         float xv[Q::unit];
         const float4 * xp = reinterpret_cast<const float4 *>(x + u * Q::unit);
@@ -58,18 +62,15 @@ __global__ void __launch_bounds__(32 * kMatvecWarps)
             xv[4 * c + 3]   = xx.w;
         }
 #pragma unroll
-        for (int rr = 0; rr < kMatvecRows; ++rr) {
-            // Rows past the end re-read the last row (branch-free); their sums are dropped below.
-            const int64_t row = min(row0 + rr, n_out - 1);
+        for (int rr = 0; rr < R; ++rr) {
             float v[Q::unit];
-            dequant_unit<T>(w + row * row_bytes, u, v);
+            dequant_unit<T>(rows[rr], u, v);
 #pragma unroll
             for (int e = 0; e < Q::unit; ++e) {
                 acc[rr] += v[e] * xv[e];
             }
         }
     }
-    matvec_store(acc, row0, n_out, y);
 }
 
 // Activations for the integer path: x quantized per 32 elements to int8, qx [n_in], with ds [n_in / 32]
@@ -175,14 +176,13 @@ __device__ __forceinline__ float dot_q8<ggml_type::Q6_K>(const uint8_t * row, in
     return __half2float(b->d) * ds[0].x * sum;
 }
 
-template <ggml_type T>
-__global__ void __launch_bounds__(32 * kMatvecWarps)
-    matvec_q8_kernel(const uint8_t * w, size_t row_bytes, int64_t n_in, int64_t n_out, const int8_t * qx,
-                     const float2 * ds, float * y) {
-    constexpr int unit     = qtraits<T>::unit;
-    const int64_t row0     = int64_t(blockIdx.x) * kMatvecRows;
-    const int64_t n_units  = n_in / unit;
-    float acc[kMatvecRows] = {};
+// acc[r] += row r . x over the CTA's share of the units, integer path: x as int8 qx [n_in] with the
+// (scale, sum) pairs ds [n_in / 32].
+template <ggml_type T, int R>
+__device__ __forceinline__ void matvec_q8_accumulate(const uint8_t * const (&rows)[R], int64_t n_in,
+                                                     const int8_t * qx, const float2 * ds, float (&acc)[R]) {
+    constexpr int unit    = qtraits<T>::unit;
+    const int64_t n_units = n_in / unit;
     for (int64_t u = threadIdx.x; u < n_units; u += blockDim.x) {
         int xq[unit / 4];
         const int4 * xp = reinterpret_cast<const int4 *>(qx + u * unit);
@@ -200,12 +200,94 @@ __global__ void __launch_bounds__(32 * kMatvecWarps)
             dsu[c] = __ldg(ds + u * (unit / 32) + c);
         }
 #pragma unroll
-        for (int rr = 0; rr < kMatvecRows; ++rr) {
-            const int64_t row = min(row0 + rr, n_out - 1);  // past the end: re-read, dropped below
-            acc[rr] += dot_q8<T>(w + row * row_bytes, u, xq, dsu);
+        for (int rr = 0; rr < R; ++rr) {
+            acc[rr] += dot_q8<T>(rows[rr], u, xq, dsu);
         }
     }
-    matvec_store(acc, row0, n_out, y);
+}
+
+// The input of a matvec: x in fp32, and for the integer path its int8 form (matvec_quantize_x).
+struct matvec_x {
+    const float * x;
+    const int8_t * qx;
+    const float2 * ds;
+};
+
+template <ggml_type T, int R>
+__device__ __forceinline__ void matvec_rows(const uint8_t * const (&rows)[R], int64_t n_in,
+                                            const matvec_x & in, float (&acc)[R]) {
+    if constexpr (kUsesQ8<T>) {
+        matvec_q8_accumulate<T, R>(rows, n_in, in.qx, in.ds, acc);
+    } else {
+        matvec_accumulate<T, R>(rows, n_in, in.x, acc);
+    }
+}
+
+// Up to kMatvecSegs products of one input, each weight's CTAs after the previous one's.
+struct matvec_seg {
+    const uint8_t * w;
+    const float * bias;  // [n_out] or null
+    float * y;           // [n_out]
+    int64_t n_out;
+    int cta_end;  // CTAs of this and the earlier segments
+};
+struct matvec_segs {
+    matvec_seg s[kMatvecSegs];
+    int n;
+};
+
+template <ggml_type T>
+__global__ void __launch_bounds__(32 * kMatvecWarps)
+    matvec_kernel(const matvec_segs segs, size_t row_bytes, int64_t n_in, const matvec_x in) {
+    // This CTA's segment, chosen with constant indices only (indexing the parameter by a variable would
+    // copy it to local memory).
+    matvec_seg sg = segs.s[0];
+    int cta0      = 0;
+#pragma unroll
+    for (int j = 1; j < kMatvecSegs; ++j) {
+        if (j < segs.n && int(blockIdx.x) >= segs.s[j - 1].cta_end) {
+            sg   = segs.s[j];
+            cta0 = segs.s[j - 1].cta_end;
+        }
+    }
+    const int64_t row0 = int64_t(int(blockIdx.x) - cta0) * kMatvecRows;
+    const uint8_t * rows[kMatvecRows];
+#pragma unroll
+    for (int rr = 0; rr < kMatvecRows; ++rr) {
+        // Rows past the end re-read the last row (branch-free); their sums are dropped below.
+        rows[rr] = sg.w + min(row0 + rr, sg.n_out - 1) * row_bytes;
+    }
+    float acc[kMatvecRows] = {};
+    matvec_rows<T, kMatvecRows>(rows, n_in, in, acc);
+    const float * sum = matvec_reduce<kMatvecRows>(acc);
+    const int64_t row = row0 + threadIdx.x;
+    if (threadIdx.x < kMatvecRows && row < sg.n_out) {
+        sg.y[row] = sum[threadIdx.x] + (sg.bias != nullptr ? sg.bias[row] : 0.0f);
+    }
+}
+
+// y[o] = silu(gate[o] . x) * (up[o] . x): a CTA reads kMatvecRows rows of each weight.
+template <ggml_type T>
+__global__ void __launch_bounds__(32 * kMatvecWarps)
+    matvec_swiglu_kernel(const uint8_t * gate, const uint8_t * up, size_t row_bytes, int64_t n_in,
+                         int64_t n_out, const matvec_x in, float * y) {
+    constexpr int R    = 2 * kMatvecRows;
+    const int64_t row0 = int64_t(blockIdx.x) * kMatvecRows;
+    const uint8_t * rows[R];
+#pragma unroll
+    for (int rr = 0; rr < kMatvecRows; ++rr) {
+        const int64_t row      = min(row0 + rr, n_out - 1);
+        rows[rr]               = gate + row * row_bytes;
+        rows[kMatvecRows + rr] = up + row * row_bytes;
+    }
+    float acc[R] = {};
+    matvec_rows<T, R>(rows, n_in, in, acc);
+    const float * sum = matvec_reduce<R>(acc);
+    const int64_t row = row0 + threadIdx.x;
+    if (threadIdx.x < kMatvecRows && row < n_out) {
+        const float g = sum[threadIdx.x];
+        y[row]        = g / (1.0f + expf(-g)) * sum[kMatvecRows + threadIdx.x];
+    }
 }
 
 // One thread per unit of the selected rows; src_row(r) gives the weight row of output row r.
@@ -324,29 +406,32 @@ void quant_check(const qweight_cuda & w, const char * what) {
 
 // Launchers of each kernel for one weight type (see quant_dispatch).
 struct matvec_launch {
-    const qweight_cuda & w;
-    const float * x;
-    float * y;
-    void * work;
+    const matvec_segs & segs;
+    size_t row_bytes;
+    int64_t n_in;
+    const matvec_x & in;
     cudaStream_t stream;
     template <ggml_type T>
     void operator()() const {
-        const auto grid      = unsigned(ceil_div(w.n_out, kMatvecRows));
-        const uint8_t * data = static_cast<const uint8_t *>(w.data);
-        if constexpr (kUsesQ8<T>) {
-            const int64_t n_blocks = w.n_in / 32;
-            int8_t * qx            = static_cast<int8_t *>(work);
-            float2 * ds            = reinterpret_cast<float2 *>(qx + w.n_in);
-            quantize_x_q8_kernel<<<unsigned(ceil_div(n_blocks, 8)), 256, 0, stream>>>(x, n_blocks, qx, ds);
-            CUDA_CHECK_LAUNCH("quantize_x_q8_kernel");
-            matvec_q8_kernel<T>
-                <<<grid, 32 * kMatvecWarps, 0, stream>>>(data, w.row_bytes(), w.n_in, w.n_out, qx, ds, y);
-            CUDA_CHECK_LAUNCH("matvec_q8_kernel");
-        } else {
-            matvec_kernel<T>
-                <<<grid, 32 * kMatvecWarps, 0, stream>>>(data, w.row_bytes(), w.n_in, w.n_out, x, y);
-            CUDA_CHECK_LAUNCH("matvec_kernel");
-        }
+        matvec_kernel<T><<<unsigned(segs.s[segs.n - 1].cta_end), 32 * kMatvecWarps, 0, stream>>>(
+            segs, row_bytes, n_in, in);
+        CUDA_CHECK_LAUNCH("matvec_kernel");
+    }
+};
+
+struct matvec_swiglu_launch {
+    const qweight_cuda & gate;
+    const qweight_cuda & up;
+    const matvec_x & in;
+    float * y;
+    cudaStream_t stream;
+    template <ggml_type T>
+    void operator()() const {
+        const auto grid = unsigned(ceil_div(gate.n_out, kMatvecRows));
+        matvec_swiglu_kernel<T><<<grid, 32 * kMatvecWarps, 0, stream>>>(
+            static_cast<const uint8_t *>(gate.data), static_cast<const uint8_t *>(up.data), gate.row_bytes(),
+            gate.n_in, gate.n_out, in, y);
+        CUDA_CHECK_LAUNCH("matvec_swiglu_kernel");
     }
 };
 
@@ -410,13 +495,83 @@ size_t matvec_cuda_work_bytes(const qweight_cuda & w) {
     return q8 ? size_t(w.n_in) + size_t(w.n_in / 32) * sizeof(float2) : 0;
 }
 
-void matvec_cuda(const qweight_cuda & w, const float * x, float * y, void * work, cudaStream_t stream) {
-    quant_check(w, "matvec_cuda");
+namespace {
+
+void matvec_check_work(const qweight_cuda & w, const void * work, const char * what) {
     if (matvec_cuda_work_bytes(w) > 0 && work == nullptr) {
-        fail("matvec_cuda: type %s needs a workspace of %zu bytes", ggml_traits(w.type).name,
+        fail("%s: type %s needs a workspace of %zu bytes", what, ggml_traits(w.type).name,
              matvec_cuda_work_bytes(w));
     }
-    quant_dispatch(w, "matvec_cuda", matvec_launch{w, x, y, work, stream});
+}
+
+// x in the forms the kernels of these weights read: qx and ds in work when some type needs them.
+matvec_x matvec_input(const qweight_cuda * const * ws, int n, const float * x, void * work,
+                      cudaStream_t stream) {
+    matvec_x in{x, nullptr, nullptr};
+    int64_t n_in = 0;
+    for (int j = 0; j < n; ++j) {
+        if (matvec_cuda_work_bytes(*ws[j]) > 0) {
+            n_in = ws[j]->n_in;
+        }
+    }
+    if (n_in > 0) {
+        const int64_t n_blocks = n_in / 32;
+        auto * qx              = static_cast<int8_t *>(work);
+        auto * ds              = reinterpret_cast<float2 *>(qx + n_in);
+        quantize_x_q8_kernel<<<unsigned(ceil_div(n_blocks, 8)), 256, 0, stream>>>(x, n_blocks, qx, ds);
+        CUDA_CHECK_LAUNCH("quantize_x_q8_kernel");
+        in.qx = qx;
+        in.ds = ds;
+    }
+    return in;
+}
+
+}  // namespace
+
+void matvec_cuda(const qweight_cuda & w, const float * x, float * y, void * work, cudaStream_t stream) {
+    const matvec_out out{w, nullptr, y};
+    matvec_multi_cuda(&out, 1, x, work, stream);
+}
+
+void matvec_multi_cuda(const matvec_out * outs, int n, const float * x, void * work, cudaStream_t stream) {
+    if (n < 1 || n > kMatvecSegs) {
+        fail("matvec_multi_cuda: %d products (1 to %d)", n, kMatvecSegs);
+    }
+    const qweight_cuda * ws[kMatvecSegs];
+    for (int j = 0; j < n; ++j) {
+        ws[j] = &outs[j].w;
+        quant_check(outs[j].w, "matvec_cuda");
+        matvec_check_work(outs[j].w, work, "matvec_cuda");
+        if (outs[j].w.n_in != outs[0].w.n_in) {
+            fail("matvec_multi_cuda: inputs of %lld and %lld values", (long long)outs[0].w.n_in,
+                 (long long)outs[j].w.n_in);
+        }
+    }
+    const matvec_x in = matvec_input(ws, n, x, work, stream);
+    for (int j0 = 0; j0 < n;) {
+        matvec_segs segs{};
+        int j = j0;
+        for (int cta = 0; j < n && outs[j].w.type == outs[j0].w.type; ++j) {
+            const matvec_out & o = outs[j];
+            cta += int(ceil_div(o.w.n_out, kMatvecRows));
+            segs.s[segs.n++] = {static_cast<const uint8_t *>(o.w.data), o.bias, o.y, o.w.n_out, cta};
+        }
+        quant_dispatch(outs[j0].w, "matvec_cuda",
+                       matvec_launch{segs, outs[j0].w.row_bytes(), outs[j0].w.n_in, in, stream});
+        j0 = j;
+    }
+}
+
+void matvec_swiglu_cuda(const qweight_cuda & gate, const qweight_cuda & up, const float * x, float * y,
+                        void * work, cudaStream_t stream) {
+    quant_check(gate, "matvec_swiglu_cuda");
+    matvec_check_work(gate, work, "matvec_swiglu_cuda");
+    if (up.type != gate.type || up.n_in != gate.n_in || up.n_out != gate.n_out) {
+        fail("matvec_swiglu_cuda: gate and up differ in type or shape");
+    }
+    const qweight_cuda * ws[1] = {&gate};
+    const matvec_x in          = matvec_input(ws, 1, x, work, stream);
+    quant_dispatch(gate, "matvec_swiglu_cuda", matvec_swiglu_launch{gate, up, in, y, stream});
 }
 
 void dequantize_f16_cuda(const qweight_cuda & w, int64_t row0, int64_t n_rows, __half * out,

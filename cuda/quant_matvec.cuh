@@ -25,12 +25,28 @@ struct qweight_cuda {
 // Whether these kernels read this type (F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K).
 bool quant_cuda_supported(ggml_type type);
 
-// Workspace of matvec_cuda: Q8_0, Q4_K and Q6_K quantize x to int8 per 32 values (like ggml's q8
+// Workspace of the matvec kernels: Q8_0, Q4_K and Q6_K quantize x to int8 per 32 values (like ggml's q8
 // activations) and multiply in integers; the other types need none (0).
 size_t matvec_cuda_work_bytes(const qweight_cuda & w);
 
 // y[o] = sum_i w[o, i] * x[i];  x [n_in], y [n_out] fp32; work: matvec_cuda_work_bytes(w) bytes or null.
 void matvec_cuda(const qweight_cuda & w, const float * x, float * y, void * work, cudaStream_t stream);
+
+// One product of matvec_multi_cuda: y [w.n_out] = w x, plus bias [w.n_out] when it is not null.
+constexpr int kMatvecSegs = 3;
+struct matvec_out {
+    qweight_cuda w;
+    const float * bias;
+    float * y;
+};
+
+// The products outs [n] (n <= kMatvecSegs) of one input x [n_in]: one launch per run of equal weight types,
+// x quantized once when a type needs it; work: the largest matvec_cuda_work_bytes of the weights.
+void matvec_multi_cuda(const matvec_out * outs, int n, const float * x, void * work, cudaStream_t stream);
+
+// y[o] = silu(gate[o, :] . x) * (up[o, :] . x), one launch; gate and up of one type and shape.
+void matvec_swiglu_cuda(const qweight_cuda & gate, const qweight_cuda & up, const float * x, float * y,
+                        void * work, cudaStream_t stream);
 
 // out [n_rows, n_in] fp16 = rows [row0, row0 + n_rows) of w, dequantized; out 16-byte aligned.
 void dequantize_f16_cuda(const qweight_cuda & w, int64_t row0, int64_t n_rows, __half * out,

@@ -31,6 +31,13 @@ struct kv_head_view {
     const int32_t * pos = nullptr;
 };
 
+// One product of backend::matmul_multi: y = w x + bias (bias may be null).
+struct matmul_out {
+    const weight * w;
+    const float * bias;
+    float * y;
+};
+
 class backend {
   public:
     virtual ~backend() = default;
@@ -48,14 +55,20 @@ class backend {
     // out[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * g;  x, out [n_rows, n_cols] (may alias)
     virtual void rms_norm(const float * x, const float * g, float eps, int64_t n_rows, int64_t n_cols,
                           float * out) = 0;
+    // x += y, then out = rms_norm(x) * g (as above);  x, y, out [n_rows, n_cols], out may alias y.
+    virtual void add_rms_norm(float * x, const float * y, const float * g, float eps, int64_t n_rows,
+                              int64_t n_cols, float * out) = 0;
     // y[t, o] = sum_i w[o, i] * x[t, i] + bias[o];  x [n_tok, n_in], y [n_tok, n_out]; bias may be null.
     virtual void matmul(const weight & w, const float * bias, const float * x, int64_t n_tok, float * y) = 0;
-    // Rotates x [n_tok, n_head, head_dim] in place at the positions of set_positions (model's RoPE).
-    virtual void rope(float * x, int64_t n_tok, int n_head) = 0;
-    // gate = silu(gate) * up over n values
-    virtual void swiglu(float * gate, const float * up, int64_t n) = 0;
-    // x += y over n values
-    virtual void add(float * x, const float * y, int64_t n) = 0;
+    // The products outs [n] of one input x [n_tok, n_in] (Q, K and V): each as matmul; a backend may run
+    // them together.
+    virtual void matmul_multi(const matmul_out * outs, int n, const float * x, int64_t n_tok) = 0;
+    // gate = silu(w_gate x) * (w_up x);  x [n_tok, n_in], gate [n_tok, n_ff], up [n_tok, n_ff] is scratch.
+    virtual void ffn_swiglu(const weight & w_gate, const weight & w_up, const float * x, int64_t n_tok,
+                            float * gate, float * up) = 0;
+    // Rotates q [n_tok, n_head, head_dim] and k [n_tok, n_head_kv, head_dim] in place at the positions of
+    // set_positions (the model's RoPE).
+    virtual void rope(float * q, float * k, int64_t n_tok) = 0;
 
     // Appends k, v [n, n_head_kv, head_dim] of layer il to every KV head, at the set positions.
     virtual void kv_append(int il, const float * k, const float * v, int64_t n) = 0;

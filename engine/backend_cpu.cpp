@@ -31,6 +31,12 @@ void backend_cpu::rms_norm(const float * x, const float * g, float eps, int64_t 
     op_rms_norm(x, g, eps, n_rows, n_cols, out, pool_);
 }
 
+void backend_cpu::add_rms_norm(float * x, const float * y, const float * g, float eps, int64_t n_rows,
+                               int64_t n_cols, float * out) {
+    op_add(x, y, n_rows * n_cols);
+    op_rms_norm(x, g, eps, n_rows, n_cols, out, pool_);
+}
+
 void backend_cpu::matmul(const weight & w, const float * bias, const float * x, int64_t n_tok, float * y) {
     tca::matmul(w, x, n_tok, y, pool_);
     if (bias != nullptr) {
@@ -38,16 +44,24 @@ void backend_cpu::matmul(const weight & w, const float * bias, const float * x, 
     }
 }
 
-void backend_cpu::rope(float * x, int64_t n_tok, int n_head) {
-    op_rope(x, n_tok, n_head, model_.hp.head_dim, rope_, model_.hp.rope == rope_style::adjacent);
+void backend_cpu::matmul_multi(const matmul_out * outs, int n, const float * x, int64_t n_tok) {
+    for (int j = 0; j < n; ++j) {
+        matmul(*outs[j].w, outs[j].bias, x, n_tok, outs[j].y);
+    }
 }
 
-void backend_cpu::swiglu(float * gate, const float * up, int64_t n) {
-    op_swiglu(gate, up, n, pool_);
+void backend_cpu::ffn_swiglu(const weight & w_gate, const weight & w_up, const float * x, int64_t n_tok,
+                             float * gate, float * up) {
+    tca::matmul(w_gate, x, n_tok, gate, pool_);
+    tca::matmul(w_up, x, n_tok, up, pool_);
+    op_swiglu(gate, up, n_tok * w_gate.n_out, pool_);
 }
 
-void backend_cpu::add(float * x, const float * y, int64_t n) {
-    op_add(x, y, n);
+void backend_cpu::rope(float * q, float * k, int64_t n_tok) {
+    const hparams & hp  = model_.hp;
+    const bool adjacent = hp.rope == rope_style::adjacent;
+    op_rope(q, n_tok, hp.n_head, hp.head_dim, rope_, adjacent);
+    op_rope(k, n_tok, hp.n_head_kv, hp.head_dim, rope_, adjacent);
 }
 
 void backend_cpu::kv_append(int il, const float * k, const float * v, int64_t n) {

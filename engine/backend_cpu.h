@@ -24,10 +24,13 @@ class backend_cpu final : public backend {
     void get_rows(const weight & w, const int32_t * ids, int64_t n, float * out) override;
     void rms_norm(const float * x, const float * g, float eps, int64_t n_rows, int64_t n_cols,
                   float * out) override;
+    void add_rms_norm(float * x, const float * y, const float * g, float eps, int64_t n_rows, int64_t n_cols,
+                      float * out) override;
     void matmul(const weight & w, const float * bias, const float * x, int64_t n_tok, float * y) override;
-    void rope(float * x, int64_t n_tok, int n_head) override;
-    void swiglu(float * gate, const float * up, int64_t n) override;
-    void add(float * x, const float * y, int64_t n) override;
+    void matmul_multi(const matmul_out * outs, int n, const float * x, int64_t n_tok) override;
+    void ffn_swiglu(const weight & w_gate, const weight & w_up, const float * x, int64_t n_tok, float * gate,
+                    float * up) override;
+    void rope(float * q, float * k, int64_t n_tok) override;
 
     void kv_append(int il, const float * k, const float * v, int64_t n) override;
     kv_head_view kv_view(int il, int ih) const override;

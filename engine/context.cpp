@@ -164,18 +164,21 @@ void context::forward(const int32_t * tokens, int64_t n, bool logits_all, std::v
     }
     be.set_positions(pos.data(), n);
 
+    // Each layer ends by adding its feed-forward output to x and normalising x for what comes next: the
+    // next layer's attention, or the output.
     be.get_rows(model_.tok_embd, tokens, n, a.x);
+    be.rms_norm(a.x, model_.layers[0].attn_norm, hp.rms_eps, n, n_embd, a.xn);
     for (int il = 0; il < hp.n_layer; ++il) {
         const layer_weights & l = model_.layers[size_t(il)];
-        be.rms_norm(a.x, l.attn_norm, hp.rms_eps, n, n_embd, a.xn);
+        const float * norm_next =
+            il + 1 < hp.n_layer ? model_.layers[size_t(il) + 1].attn_norm : model_.output_norm;
         for (int64_t b = 0; b < n; b += n_ub) {
-            const int64_t nb = std::min(n_ub, n - b);
-            be.matmul(l.wq, l.bq, a.xn + b * n_embd, nb, a.q + b * n_q);
-            be.matmul(l.wk, l.bk, a.xn + b * n_embd, nb, a.k + b * n_kv);
-            be.matmul(l.wv, l.bv, a.xn + b * n_embd, nb, a.v + b * n_kv);
+            const int64_t nb        = std::min(n_ub, n - b);
+            const matmul_out qkv[3] = {
+                {&l.wq, l.bq, a.q + b * n_q}, {&l.wk, l.bk, a.k + b * n_kv}, {&l.wv, l.bv, a.v + b * n_kv}};
+            be.matmul_multi(qkv, 3, a.xn + b * n_embd, nb);
         }
-        be.rope(a.q, n, hp.n_head);
-        be.rope(a.k, n, hp.n_head_kv);
+        be.rope(a.q, a.k, n);
         if (hook_) {
             call_hook(il, n, a);
         }
@@ -187,13 +190,10 @@ void context::forward(const int32_t * tokens, int64_t n, bool logits_all, std::v
             float * xb       = a.x + b * n_embd;
             float * hb       = a.xn + b * n_embd;
             be.matmul(l.wo, nullptr, a.attn + b * n_q, nb, hb);
-            be.add(xb, hb, nb * n_embd);
-            be.rms_norm(xb, l.ffn_norm, hp.rms_eps, nb, n_embd, hb);
-            be.matmul(l.ffn_gate, nullptr, hb, nb, a.gate);
-            be.matmul(l.ffn_up, nullptr, hb, nb, a.up);
-            be.swiglu(a.gate, a.up, nb * hp.n_ff);
+            be.add_rms_norm(xb, hb, l.ffn_norm, hp.rms_eps, nb, n_embd, hb);
+            be.ffn_swiglu(l.ffn_gate, l.ffn_up, hb, nb, a.gate, a.up);
             be.matmul(l.ffn_down, nullptr, a.gate, nb, hb);
-            be.add(xb, hb, nb * n_embd);
+            be.add_rms_norm(xb, hb, norm_next, hp.rms_eps, nb, n_embd, hb);
         }
     }
 
@@ -202,7 +202,6 @@ void context::forward(const int32_t * tokens, int64_t n, bool logits_all, std::v
     const int64_t n_out = n - first;
     float * out         = be.buffer(act_buffer::logits, size_t(std::min(n_out, n_ub) * hp.n_vocab));
     logits.resize(size_t(n_out * hp.n_vocab));
-    be.rms_norm(a.x + first * n_embd, model_.output_norm, hp.rms_eps, n_out, n_embd, a.xn + first * n_embd);
     for (int64_t b = 0; b < n_out; b += n_ub) {
         const int64_t nb = std::min(n_ub, n_out - b);
         be.matmul(model_.output, nullptr, a.xn + (first + b) * n_embd, nb, out);

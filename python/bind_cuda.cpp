@@ -7,8 +7,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -267,6 +269,62 @@ f32_array py_matvec(int type_id, const u8_array & data, int64_t n_in, const f32_
     return res;
 }
 
+// The products of matvec_multi_cuda: weights [(type, data [n_out, row_bytes], bias [n_out] or None)].
+std::vector<f32_array> py_matvec_multi(const std::vector<py::tuple> & weights, int64_t n_in,
+                                       const f32_array & x) {
+    if (x.size() != n_in) {
+        fail("matvec_multi: x has %lld values, n_in is %lld", (long long)x.size(), (long long)n_in);
+    }
+    std::vector<std::unique_ptr<dweight>> ws;
+    std::vector<std::unique_ptr<dbuf<float>>> biases, ys;
+    std::vector<matvec_out> outs;
+    size_t work_bytes = 0;
+    for (const py::tuple & t : weights) {
+        ws.push_back(std::make_unique<dweight>(t[0].cast<int>(), t[1].cast<u8_array>(), n_in));
+        const qweight_cuda & w = ws.back()->w;
+        const float * bias     = nullptr;
+        if (!t[2].is_none()) {
+            const auto b = t[2].cast<f32_array>();
+            if (b.size() != w.n_out) {
+                fail("matvec_multi: a bias of %lld values for %lld rows", (long long)b.size(),
+                     (long long)w.n_out);
+            }
+            biases.push_back(std::make_unique<dbuf<float>>(b.data(), size_t(b.size())));
+            bias = biases.back()->p;
+        }
+        ys.push_back(std::make_unique<dbuf<float>>(size_t(w.n_out)));
+        ys.back()->poison();
+        outs.push_back({w, bias, ys.back()->p});
+        work_bytes = std::max(work_bytes, matvec_cuda_work_bytes(w));
+    }
+    dbuf<float> dx(x.data(), size_t(x.size()));
+    dbuf<uint8_t> work(work_bytes);
+    matvec_multi_cuda(outs.data(), int(outs.size()), dx.p, work.p, nullptr);
+    std::vector<f32_array> res;
+    for (const auto & y : ys) {
+        res.emplace_back(py::ssize_t(y->n));
+        y->download(res.back().mutable_data());
+    }
+    return res;
+}
+
+f32_array py_matvec_swiglu(int type_id, const u8_array & gate, const u8_array & up, int64_t n_in,
+                           const f32_array & x) {
+    dweight wg(type_id, gate, n_in);
+    dweight wu(type_id, up, n_in);
+    if (x.size() != n_in) {
+        fail("matvec_swiglu: x has %lld values, n_in is %lld", (long long)x.size(), (long long)n_in);
+    }
+    dbuf<float> dx(x.data(), size_t(x.size()));
+    dbuf<float> y(size_t(wg.w.n_out));
+    y.poison();
+    dbuf<uint8_t> work(matvec_cuda_work_bytes(wg.w));
+    matvec_swiglu_cuda(wg.w, wu.w, dx.p, y.p, work.p, nullptr);
+    f32_array res(py::ssize_t(y.n));
+    y.download(res.mutable_data());
+    return res;
+}
+
 py::array py_dequantize_f16(int type_id, const u8_array & data, int64_t n_in) {
     dweight w(type_id, data, n_in);
     dbuf<__half> out(size_t(w.w.n_out * n_in));
@@ -347,21 +405,53 @@ f32_array py_rms_norm(const f32_array & x, const f32_array & g, float eps) {
     return res;
 }
 
-f32_array py_rope(const f32_array & x, const i32_array & pos, int n_rot, float base, float scale,
-                  const std::optional<f32_array> & freq_factors, bool adjacent) {
-    if (x.ndim() != 3 || pos.size() != x.shape(0)) {
-        fail("rope: x [n_tok, n_head, head_dim] and pos [n_tok] expected");
+// Rotates q [n_tok, n_head_q, head_dim] and, when given, k [n_tok, n_head_k, head_dim] in one launch.
+py::tuple py_rope(const f32_array & q, const i32_array & pos, int n_rot, float base, float scale,
+                  const std::optional<f32_array> & freq_factors, bool adjacent,
+                  const std::optional<f32_array> & k) {
+    if (q.ndim() != 3 || pos.size() != q.shape(0)) {
+        fail("rope: q [n_tok, n_head, head_dim] and pos [n_tok] expected");
+    }
+    if (k && (k->ndim() != 3 || k->shape(0) != q.shape(0) || k->shape(2) != q.shape(2))) {
+        fail("rope: k must be [n_tok, n_head_k, head_dim] like q");
+    }
+    if (freq_factors && freq_factors->size() != n_rot / 2) {
+        fail("rope: %lld freq_factors for n_rot %d", (long long)freq_factors->size(), n_rot);
     }
     dbuf<int32_t> dpos(pos.data(), size_t(pos.size()));
     dbuf<float> dff(freq_factors ? freq_factors->data() : nullptr,
                     freq_factors ? size_t(freq_factors->size()) : 0);
-    if (freq_factors && freq_factors->size() != n_rot / 2) {
-        fail("rope: %lld freq_factors for n_rot %d", (long long)freq_factors->size(), n_rot);
+    dbuf<float> dq(q.data(), size_t(q.size()));
+    dbuf<float> dk(k ? k->data() : nullptr, k ? size_t(k->size()) : 0);
+    rope_cuda(dq.p, int(q.shape(1)), k ? dk.p : nullptr, k ? int(k->shape(1)) : 0, q.shape(0),
+              int(q.shape(2)), n_rot, dpos.p, base, scale, freq_factors ? dff.p : nullptr, adjacent, nullptr);
+    f32_array rq(std::vector<py::ssize_t>(q.shape(), q.shape() + 3));
+    dq.download(rq.mutable_data());
+    if (!k) {
+        return py::make_tuple(rq, py::none());
     }
-    return run_inplace(x, x, [&](float * dx, const float *) {
-        rope_cuda(dx, x.shape(0), int(x.shape(1)), int(x.shape(2)), n_rot, dpos.p, base, scale,
-                  freq_factors ? dff.p : nullptr, adjacent, nullptr);
-    });
+    f32_array rk(std::vector<py::ssize_t>(k->shape(), k->shape() + 3));
+    dk.download(rk.mutable_data());
+    return py::make_tuple(rq, rk);
+}
+
+// x += y, out = rms_norm(x) * g: returns (x, out).
+py::tuple py_add_rms_norm(const f32_array & x, const f32_array & y, const f32_array & g, float eps) {
+    const int64_t n_cols = x.shape(x.ndim() - 1);
+    if (y.size() != x.size() || g.size() != n_cols) {
+        fail("add_rms_norm: y must match x and g its rows' width");
+    }
+    dbuf<float> dx(x.data(), size_t(x.size()));
+    dbuf<float> dy(y.data(), size_t(y.size()));
+    dbuf<float> dg(g.data(), size_t(g.size()));
+    dbuf<float> out(size_t(x.size()));
+    out.poison();
+    add_rms_norm_cuda(dx.p, dy.p, dg.p, eps, x.size() / n_cols, n_cols, out.p, nullptr);
+    f32_array rx(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+    f32_array rout(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+    dx.download(rx.mutable_data());
+    out.download(rout.mutable_data());
+    return py::make_tuple(rx, rout);
 }
 
 // Times attention on device-filled random inputs for one plan: returns milliseconds per run.
@@ -441,6 +531,9 @@ void bind_cuda(py::module_ & m) {
     m.def("cuda_attention_group_probs", &py_group_probs, py::arg("q"), py::arg("k"), py::arg("scale"),
           py::arg("norm_begin"), py::arg("norm_end"), py::arg("out_begin"), py::arg("out_end"));
     m.def("cuda_matvec", &py_matvec, py::arg("type"), py::arg("data"), py::arg("n_in"), py::arg("x"));
+    m.def("cuda_matvec_multi", &py_matvec_multi, py::arg("weights"), py::arg("n_in"), py::arg("x"));
+    m.def("cuda_matvec_swiglu", &py_matvec_swiglu, py::arg("type"), py::arg("gate"), py::arg("up"),
+          py::arg("n_in"), py::arg("x"));
     m.def("cuda_dequantize_f16", &py_dequantize_f16, py::arg("type"), py::arg("data"), py::arg("n_in"));
     m.def("cuda_get_rows", &py_get_rows, py::arg("type"), py::arg("data"), py::arg("n_in"), py::arg("ids"));
 #ifdef TCA_HAVE_CUBLAS
@@ -448,7 +541,8 @@ void bind_cuda(py::module_ & m) {
 #endif
     m.def("cuda_rms_norm", &py_rms_norm, py::arg("x"), py::arg("g"), py::arg("eps"));
     m.def("cuda_rope", &py_rope, py::arg("x"), py::arg("pos"), py::arg("n_rot"), py::arg("base"),
-          py::arg("scale"), py::arg("freq_factors") = py::none(), py::arg("adjacent"));
+          py::arg("scale"), py::arg("freq_factors") = py::none(), py::arg("adjacent"),
+          py::arg("k") = py::none());
     m.def("cuda_swiglu", [](const f32_array & gate, const f32_array & up) {
         if (gate.size() != up.size()) {
             fail("swiglu: gate and up sizes differ");
@@ -456,12 +550,7 @@ void bind_cuda(py::module_ & m) {
         return run_inplace(gate, up,
                            [&](float * g, const float * u) { swiglu_cuda(g, u, gate.size(), nullptr); });
     });
-    m.def("cuda_add", [](const f32_array & x, const f32_array & y) {
-        if (x.size() != y.size()) {
-            fail("add: sizes differ");
-        }
-        return run_inplace(x, y, [&](float * a, const float * b) { add_cuda(a, b, x.size(), nullptr); });
-    });
+    m.def("cuda_add_rms_norm", &py_add_rms_norm, py::arg("x"), py::arg("y"), py::arg("g"), py::arg("eps"));
     m.def("cuda_add_bias", [](const f32_array & y, const f32_array & b) {
         const int64_t n_cols = b.size();
         if (n_cols == 0 || y.size() % n_cols != 0 || y.shape(y.ndim() - 1) != n_cols) {

@@ -215,6 +215,57 @@ def test_matvec(name):
         assert rel_err(y, exact) < 1e-5
 
 
+def matvec_expected_err(name, data, deq, x, y):
+    """Error of y against the exact product, or for the int8-activation types against their arithmetic."""
+    if name in ("Q8_0", "Q4_K", "Q6_K"):
+        return rel_err(y, int8_matvec_reference(name, data, deq, x))
+    return rel_err(y, deq.astype(np.float64) @ x)
+
+
+@pytest.mark.parametrize(
+    "names",
+    [("F16", "F16", "F16"), ("Q4_K", "Q4_K", "Q6_K"), ("Q6_K", "Q4_0", "Q4_K"), ("Q8_0", "Q5_1"), ("Q4_1",)],
+)
+def test_matvec_multi(names):
+    """Several products of one input in one call (Q, K, V): row counts that are not multiples of the CTA's
+    4 rows, mixed types (one launch per run of equal types), with and without biases."""
+    rng = np.random.default_rng(7 + len(names))
+    n_in = 512
+    x = rng.standard_normal(n_in).astype(np.float32)
+    ws, specs = [], []
+    for j, name in enumerate(names):
+        n_out = [67, 13, 34][j]
+        type_id, data, deq = random_weight(rng, name, n_out, n_in)
+        bias = rng.standard_normal(n_out).astype(np.float32) if j != 1 else None
+        ws.append((type_id, data, bias))
+        specs.append((name, data, deq, bias))
+    ys = _core.cuda_matvec_multi(ws, n_in, x)
+    assert len(ys) == len(names)
+    for y, (name, data, deq, bias) in zip(ys, specs):
+        assert y.shape == (deq.shape[0],)
+        b = bias if bias is not None else 0.0
+        assert matvec_expected_err(name, data, deq, x, y - b) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["F16", "Q4_K", "Q6_K", "Q8_0", "Q5_0"])
+def test_matvec_swiglu(name):
+    rng = np.random.default_rng(60 + QTYPES[name][0])
+    n_out, n_in = 45, 768
+    tid, gate, gdeq = random_weight(rng, name, n_out, n_in)
+    _, up, udeq = random_weight(rng, name, n_out, n_in)
+    x = rng.standard_normal(n_in).astype(np.float32)
+    y = _core.cuda_matvec_swiglu(tid, gate, up, n_in, x)
+    if name in ("Q8_0", "Q4_K", "Q6_K"):
+        g = int8_matvec_reference(name, gate, gdeq, x)
+        u = int8_matvec_reference(name, up, udeq, x)
+    else:
+        g, u = gdeq.astype(np.float64) @ x, udeq.astype(np.float64) @ x
+    assert rel_err(y, g / (1 + np.exp(-g)) * u) < 1e-5
+    _, other, _ = random_weight(rng, name, n_out + 4, n_in)
+    with pytest.raises(_core.TcaError, match="gate and up differ"):
+        _core.cuda_matvec_swiglu(tid, gate, other, n_in, x)
+
+
 @pytest.mark.parametrize("name", list(QTYPES))
 def test_dequantize_and_get_rows(name):
     rng = np.random.default_rng(100 + QTYPES[name][0])
@@ -258,6 +309,17 @@ def test_rms_norm():
     assert rel_err(out, ref) < 1e-6
 
 
+def test_add_rms_norm():
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((5, 1000)).astype(np.float32)
+    y = rng.standard_normal((5, 1000)).astype(np.float32)
+    g = rng.uniform(0.5, 1.5, 1000).astype(np.float32)
+    x_new, out = _core.cuda_add_rms_norm(x, y, g, 1e-5)
+    s = x.astype(np.float64) + y
+    assert rel_err(x_new, s) < 1e-7
+    assert rel_err(out, s / np.sqrt((s**2).mean(axis=1, keepdims=True) + 1e-5) * g) < 1e-6
+
+
 @pytest.mark.parametrize("adjacent", [True, False])
 @pytest.mark.parametrize("with_factors", [True, False])
 def test_rope(adjacent, with_factors):
@@ -266,7 +328,9 @@ def test_rope(adjacent, with_factors):
     x = rng.standard_normal((n_tok, n_head, d)).astype(np.float32)
     pos = rng.integers(0, 130000, n_tok).astype(np.int32)
     ff = rng.uniform(1, 8, n_rot // 2).astype(np.float32) if with_factors else None
-    out = _core.cuda_rope(x, pos, n_rot, base, scale, ff, adjacent)
+    k = rng.standard_normal((n_tok, 2, d)).astype(np.float32)
+    out, k_out = _core.cuda_rope(x, pos, n_rot, base, scale, ff, adjacent, k=k)
+    assert _core.cuda_rope(x, pos, n_rot, base, scale, ff, adjacent)[1] is None
     half = n_rot // 2
     inv = base ** (-2.0 * np.arange(half) / n_rot) * scale
     if ff is not None:
@@ -275,13 +339,18 @@ def test_rope(adjacent, with_factors):
     c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
     i0 = np.arange(half) * 2 if adjacent else np.arange(half)
     i1 = i0 + 1 if adjacent else i0 + half
-    ref = x.astype(np.float64)
-    a, b = ref[..., i0].copy(), ref[..., i1].copy()
-    ref[..., i0], ref[..., i1] = a * c - b * s, a * s + b * c
-    assert rel_err(out, ref) < 1e-6
+
+    def rotated(t):
+        ref = t.astype(np.float64)
+        a, b = ref[..., i0].copy(), ref[..., i1].copy()
+        ref[..., i0], ref[..., i1] = a * c - b * s, a * s + b * c
+        return ref
+
+    assert rel_err(out, rotated(x)) < 1e-6
+    assert rel_err(k_out, rotated(k)) < 1e-6
 
 
-def test_swiglu_add_bias_add():
+def test_swiglu_add_bias():
     rng = np.random.default_rng(4)
     gate = (rng.standard_normal((7, 333)) * 4).astype(np.float32)
     up = rng.standard_normal((7, 333)).astype(np.float32)
@@ -289,4 +358,3 @@ def test_swiglu_add_bias_add():
     assert rel_err(_core.cuda_swiglu(gate, up), g64 / (1 + np.exp(-g64)) * up) < 1e-6
     b = rng.standard_normal(333).astype(np.float32)
     assert rel_err(_core.cuda_add_bias(gate, b), g64 + b) < 1e-7
-    assert rel_err(_core.cuda_add(gate, up), g64 + up) < 1e-7
