@@ -31,15 +31,26 @@ constexpr int64_t k_matvec_max_tokens = 4;
 #endif
 // KV heads written by one launch of kv_store_kernel (its pointers travel as a kernel parameter).
 constexpr int k_store_heads = 32;
-// A head's capacity is its size rounded up to this many entries: it grows by one step when full and, after
-// a compaction, gives back all but less than one step. A fixed step (not doubling) bounds the slack to
-// 256 * 256 B = 64 KiB per head (head_dim 64), so TCA frees what it drops. Appending one token per decode
-// step reallocates once per 256 tokens and copies the head's n rows then: less than 1/256 of the n rows
-// the attention itself reads at every step, so the growth stays a small part of the decode.
+// A head of n entries is allocated with room for kv_capacity(n): n plus 1/16, rounded up to a 256-entry
+// step. A head that fills up is reallocated (and its rows copied) at the capacity of what it needs, so a
+// dense head is copied once per n/16 appended tokens: 16 rows per token against the n rows that every
+// decode step's attention reads. After a TCA compaction a head is reallocated to the capacity of what it
+// keeps once it holds more than one step beyond that, so TCA frees what it drops. Allocations are
+// stream-ordered (cudaMallocAsync): replacing a head's buffers never waits for the GPU.
 constexpr int64_t k_kv_step = 256;
 
-int64_t kv_round_up(int64_t n) {
-    return (n + k_kv_step - 1) / k_kv_step * k_kv_step;
+int64_t kv_capacity(int64_t n) {
+    const int64_t want = n + n / 16;
+    return (want + k_kv_step - 1) / k_kv_step * k_kv_step;
+}
+
+[[noreturn]] void fail_out_of_memory(size_t bytes, const char * what, cudaError_t err) {
+    cudaGetLastError();  // clear the error so later calls do not report it
+    size_t n_free  = 0;
+    size_t n_total = 0;
+    cudaMemGetInfo(&n_free, &n_total);
+    fail("CUDA out of memory: %s needs %.1f MiB, %.1f MiB of %.1f MiB are free (%s)", what,
+         double(bytes) / k_mib, double(n_free) / k_mib, double(n_total) / k_mib, cudaGetErrorString(err));
 }
 
 // cudaMalloc that throws a tca::error naming what was asked for and what was free.
@@ -50,12 +61,31 @@ void * device_alloc(size_t bytes, const char * what) {
     }
     const cudaError_t err = cudaMalloc(&p, bytes);
     if (err != cudaSuccess) {
-        cudaGetLastError();  // clear the error so later calls do not report it
-        size_t n_free  = 0;
-        size_t n_total = 0;
-        cudaMemGetInfo(&n_free, &n_total);
-        fail("CUDA out of memory: %s needs %.1f MiB, %.1f MiB of %.1f MiB are free (%s)", what,
-             double(bytes) / k_mib, double(n_free) / k_mib, double(n_total) / k_mib, cudaGetErrorString(err));
+        fail_out_of_memory(bytes, what, err);
+    }
+    return p;
+}
+
+// cudaMallocAsync on stream; when the pool cannot grow, it returns its unused memory to the device and
+// tries once more before throwing like device_alloc.
+void * device_alloc_async(size_t bytes, const char * what, cudaStream_t stream) {
+    void * p = nullptr;
+    if (bytes == 0) {
+        return nullptr;
+    }
+    cudaError_t err = cudaMallocAsync(&p, bytes, stream);
+    if (err != cudaSuccess) {
+        cudaGetLastError();
+        cudaMemPool_t pool = nullptr;
+        int dev            = 0;
+        CUDA_CHECK(cudaStreamSynchronize(stream));
+        CUDA_CHECK(cudaGetDevice(&dev));
+        CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, dev));
+        CUDA_CHECK(cudaMemPoolTrimTo(pool, 0));
+        err = cudaMallocAsync(&p, bytes, stream);
+    }
+    if (err != cudaSuccess) {
+        fail_out_of_memory(bytes, what, err);
     }
     return p;
 }
@@ -268,11 +298,11 @@ backend_cuda::backend_cuda(const model & m) : hp_(m.hp), heads_(size_t(m.hp.n_la
 }
 
 backend_cuda::~backend_cuda() {
-    cudaStreamSynchronize(stream_);
     for (kv_head_cuda & h : heads_) {
-        cudaFree(h.k);
-        cudaFree(h.v);
+        cudaFreeAsync(h.k, stream_);
+        cudaFreeAsync(h.v, stream_);
     }
+    cudaStreamSynchronize(stream_);
 #ifdef TCA_HAVE_CUBLAS
     cublasDestroy(cublas_);
 #endif
@@ -427,19 +457,20 @@ void backend_cuda::rope(float * q, float * k, int64_t n_tok) {
 
 void backend_cuda::kv_alloc(int64_t cap, __half *& k, __half *& v) {
     const size_t bytes = size_t(cap) * size_t(hp_.head_dim) * sizeof(__half);
-    k                  = static_cast<__half *>(device_alloc(bytes, "the KV cache"));
+    k                  = static_cast<__half *>(device_alloc_async(bytes, "the KV cache", stream_));
     try {
-        v = static_cast<__half *>(device_alloc(bytes, "the KV cache"));
+        v = static_cast<__half *>(device_alloc_async(bytes, "the KV cache", stream_));
     } catch (...) {
-        cudaFree(k);
+        cudaFreeAsync(k, stream_);
         throw;
     }
 }
 
 void backend_cuda::kv_swap(kv_head_cuda & h, __half * k, __half * v, int64_t cap) {
-    CUDA_CHECK(cudaStreamSynchronize(stream_));
-    cudaFree(h.k);
-    cudaFree(h.v);
+    if (h.k != nullptr) {
+        CUDA_CHECK(cudaFreeAsync(h.k, stream_));
+        CUDA_CHECK(cudaFreeAsync(h.v, stream_));
+    }
     h.k           = k;
     h.v           = v;
     h.cap         = cap;
@@ -450,7 +481,7 @@ void backend_cuda::kv_reserve(kv_head_cuda & h, int64_t n_needed) {
     if (n_needed <= h.cap) {
         return;
     }
-    const int64_t cap = kv_round_up(n_needed);
+    const int64_t cap = kv_capacity(n_needed);
     const size_t row  = size_t(hp_.head_dim) * sizeof(__half);
     __half * k        = nullptr;
     __half * v        = nullptr;
@@ -488,11 +519,12 @@ void backend_cuda::kv_keep(int il, int ih, const std::vector<int32_t> & idx, int
     kv_head_cuda & h  = head(il, ih);
     const int64_t n   = int64_t(idx.size());
     const size_t rows = size_t(n) * hp_.head_dim;
-    // A head left with more than one step of slack moves its kept rows into a buffer of its new size
-    // (the gather writes there directly); otherwise they are gathered into scratch and copied back in place.
-    // Decode drops a few tokens per compaction, so it shrinks a head only once a step's worth is dropped.
-    const int64_t cap = kv_round_up(n);
-    const bool shrink = h.cap - n > k_kv_step;
+    // A head left more than one step above the capacity of what it keeps moves its kept rows into a buffer
+    // of that capacity (the gather writes there directly); otherwise they are gathered into scratch and
+    // copied back in place. Decode drops a few tokens per compaction, so it shrinks a head only once a
+    // step's worth is dropped.
+    const int64_t cap = kv_capacity(n);
+    const bool shrink = h.cap - cap > k_kv_step;
     const int32_t * d_idx =
         n > 0 ? upload(gather_idx_mem_, idx.data(), idx.size(), "the KV keep list") : nullptr;
     __half * k_out = nullptr;
@@ -532,6 +564,13 @@ void backend_cuda::kv_clear() {
         h.pos      = std::vector<int32_t>();
     }
     gather_mem_.release();
+    // Give the freed cache back to the device, not just to the allocator's pool.
+    cudaMemPool_t pool = nullptr;
+    int dev            = 0;
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    CUDA_CHECK(cudaGetDevice(&dev));
+    CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, dev));
+    CUDA_CHECK(cudaMemPoolTrimTo(pool, 0));
 }
 
 size_t backend_cuda::kv_bytes() const {

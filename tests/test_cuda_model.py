@@ -90,8 +90,9 @@ def test_tca_prefill_and_decode_match_cpu(cuda_models):
 
 @needs_gpu
 def test_tca_frees_gpu_memory(cuda_models):
-    """After a TCA prefill each head holds its kept tokens plus less than one 256-token growth step
-    (cuda/backend_cuda.cu), far below the dense cache; decode keeps that bound; reset frees everything."""
+    """After a TCA prefill each head holds room for its kept tokens plus 1/16 and less than two 256-token
+    steps (cuda/backend_cuda.cu kv_capacity and the shrink rule), far below the dense cache; decode keeps
+    that bound; reset frees everything."""
     path = cuda_models["qwen2-gqa4-q8_0"]
     tokens = np.random.default_rng(4).integers(0, 333, size=720).tolist()
     kw = dict(attention="tca", tca_block=8, tca_window=16, tca_density=0.2)
@@ -109,13 +110,17 @@ def test_tca_frees_gpu_memory(cuda_models):
     per_token = dense["dense_bytes"] // dense["dense_tokens"]
     assert dense["bytes"] >= dense["tokens"] * per_token
     assert stats["tokens"] < 0.5 * dense["tokens"], "TCA kept most tokens: the test tests nothing"
-    assert stats["tokens"] * per_token <= stats["bytes"] < (stats["tokens"] + step * n_heads) * per_token
+
+    def bound(n_tokens):
+        return (n_tokens * 17 // 16 + 2 * step * n_heads) * per_token
+
+    assert stats["tokens"] * per_token <= stats["bytes"] < bound(stats["tokens"])
     assert stats["bytes"] < 0.5 * dense["bytes"]
 
-    for t in tokens[700:]:  # compacting decode: growth and compaction stay within one step per head
+    for t in tokens[700:]:  # compacting decode: growth and compaction keep that bound
         gctx.eval([t])
         stats = gctx.kv_stats()
-        assert stats["tokens"] * per_token <= stats["bytes"] < (stats["tokens"] + step * n_heads) * per_token
+        assert stats["tokens"] * per_token <= stats["bytes"] < bound(stats["tokens"])
 
     gctx.reset()
     assert gctx.kv_stats()["bytes"] == 0
