@@ -495,7 +495,7 @@ int attention_cuda_n_split(const attn_cuda_params & p) {
         return std::min(p.n_split, 65535);
     }
     // Decode walks each split's tiles one after another at a few microseconds per tile (the cp.async
-    // latency, not the bandwidth), so it splits down to 2 tiles per CTA and fills every multiprocessor to
+    // latency, not the bandwidth), so it splits down to one tile per CTA and fills every multiprocessor to
     // its shared-memory limit; prefill CTAs have enough rows to stay busy and split down to 8 tiles.
     const bool decode    = attn_split_keys(p);
     const int64_t m_rows = decode ? 16 : 2 * 16 * kWarps;
@@ -503,7 +503,7 @@ int attention_cuda_n_split(const attn_cuda_params & p) {
     const int per_sm =
         !decode ? 2 : (p.head_dim == 64 ? attn_ctas_per_sm<64, true>() : attn_ctas_per_sm<128, true>());
     const int64_t target   = int64_t(per_sm) * cuda_sm_count();
-    const int64_t by_keys  = std::max<int64_t>(1, p.n_keys_max / ((decode ? 2 : 8) * kTileN));
+    const int64_t by_keys  = std::max<int64_t>(1, p.n_keys_max / ((decode ? 1 : 8) * kTileN));
     const int64_t n_needed = ceil_div(target, std::max<int64_t>(1, n_ctas));
     return int(std::clamp<int64_t>(std::min(n_needed, by_keys), 1, 128));
 }

@@ -3,6 +3,8 @@
 // Q6_K multiply with int8 activations (dp4a); the others in fp32. One launch serves several products of the
 // same input (Q, K and V: up to kMatvecSegs weights of one type, one after the other in the grid), or the
 // gate and up products of a SwiGLU feed-forward, whose CTAs read 4 rows of each and store silu(g) * u.
+#include <algorithm>
+
 #include "common.cuh"
 #include "quant_blocks.cuh"
 #include "quant_matvec.cuh"
@@ -11,8 +13,9 @@ namespace tca {
 
 namespace {
 
-// A CTA of kMatvecWarps warps computes kMatvecRows rows: its threads split each row's units, every x chunk
-// read from cache serves all kMatvecRows rows, and the partial sums are reduced across the CTA.
+// A CTA of up to kMatvecWarps warps computes kMatvecRows rows: its threads split each row's units, every x
+// chunk read from cache serves all kMatvecRows rows, and the partial sums are reduced across the CTA. Rows
+// of fewer than 32 * kMatvecWarps units get fewer warps (matvec_threads), so that no thread idles.
 constexpr int kMatvecWarps = 4;
 constexpr int kMatvecRows  = 4;
 
@@ -35,7 +38,7 @@ __device__ __forceinline__ const float * matvec_reduce(float (&acc)[R]) {
     __syncthreads();
     if (threadIdx.x < R) {
         float sum = 0.0f;
-        for (int w = 0; w < kMatvecWarps; ++w) {
+        for (int w = 0; w < int(blockDim.x / 32); ++w) {
             sum += s_acc[w][threadIdx.x];
         }
         s_sum[threadIdx.x] = sum;
@@ -404,6 +407,13 @@ void quant_check(const qweight_cuda & w, const char * what) {
     }
 }
 
+// Threads of a matvec CTA for rows of n_units units: whole warps, at most kMatvecWarps.
+template <ggml_type T>
+unsigned matvec_threads(int64_t n_in) {
+    const int64_t n_units = n_in / qtraits<T>::unit;
+    return unsigned(32 * std::clamp<int64_t>(ceil_div(n_units, 32), 1, kMatvecWarps));
+}
+
 // Launchers of each kernel for one weight type (see quant_dispatch).
 struct matvec_launch {
     const matvec_segs & segs;
@@ -413,7 +423,7 @@ struct matvec_launch {
     cudaStream_t stream;
     template <ggml_type T>
     void operator()() const {
-        matvec_kernel<T><<<unsigned(segs.s[segs.n - 1].cta_end), 32 * kMatvecWarps, 0, stream>>>(
+        matvec_kernel<T><<<unsigned(segs.s[segs.n - 1].cta_end), matvec_threads<T>(n_in), 0, stream>>>(
             segs, row_bytes, n_in, in);
         CUDA_CHECK_LAUNCH("matvec_kernel");
     }
@@ -428,7 +438,7 @@ struct matvec_swiglu_launch {
     template <ggml_type T>
     void operator()() const {
         const auto grid = unsigned(ceil_div(gate.n_out, kMatvecRows));
-        matvec_swiglu_kernel<T><<<grid, 32 * kMatvecWarps, 0, stream>>>(
+        matvec_swiglu_kernel<T><<<grid, matvec_threads<T>(gate.n_in), 0, stream>>>(
             static_cast<const uint8_t *>(gate.data), static_cast<const uint8_t *>(up.data), gate.row_bytes(),
             gate.n_in, gate.n_out, in, y);
         CUDA_CHECK_LAUNCH("matvec_swiglu_kernel");

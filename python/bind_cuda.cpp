@@ -454,26 +454,49 @@ py::tuple py_add_rms_norm(const f32_array & x, const f32_array & y, const f32_ar
     return py::make_tuple(rx, rout);
 }
 
-// Times attention on device-filled random inputs for one plan: returns milliseconds per run.
+// Times attention on device-filled random inputs for one plan: n_inner launches per timed run, over
+// enough copies of K/V that back-to-back launches do not find them in L2; returns milliseconds per launch.
 std::vector<float> py_bench_attention(int n_head, int n_head_kv, int head_dim, int64_t n_entries,
                                       const i32_array & lo, const i32_array & hi,
-                                      const std::vector<i32_array> & extras, int n_split, int n_repeat) {
+                                      const std::vector<i32_array> & extras, int n_split, int n_repeat,
+                                      int n_inner) {
     const int64_t n_q = lo.shape(1);
     check_plan(lo, hi, extras, n_head_kv, n_q);
-    const size_t kv_n = size_t(n_head_kv) * size_t(n_entries) * size_t(head_dim);
-    dkv kv(n_head_kv, n_entries, head_dim, nullptr, nullptr);
-    fill_uniform_f16_cuda(kv.k.p, int64_t(kv_n), 1, -1.0f, 1.0f, nullptr);
-    fill_uniform_f16_cuda(kv.v.p, int64_t(kv_n), 2, -1.0f, 1.0f, nullptr);
+    if (n_inner < 1) {
+        fail("bench_attention: n_inner must be positive");
+    }
+    const size_t kv_n     = size_t(n_head_kv) * size_t(n_entries) * size_t(head_dim);
+    const size_t kv_bytes = 2 * kv_n * sizeof(__half);
+    const int n_copies =
+        int(std::clamp<size_t>((size_t(256) << 20) / std::max<size_t>(kv_bytes, 1), 1, size_t(n_inner)));
+    std::vector<std::unique_ptr<dkv>> kv;
+    for (int c = 0; c < n_copies; ++c) {
+        kv.push_back(std::make_unique<dkv>(n_head_kv, n_entries, head_dim, nullptr, nullptr));
+        fill_uniform_f16_cuda(kv.back()->k.p, int64_t(kv_n), 1 + 2 * c, -1.0f, 1.0f, nullptr);
+        fill_uniform_f16_cuda(kv.back()->v.p, int64_t(kv_n), 2 + 2 * c, -1.0f, 1.0f, nullptr);
+    }
     dplan plan(lo, hi, flat_extras(extras));
     dbuf<float> q(size_t(n_q) * n_head * head_dim);
     dbuf<float> out(q.n);
     fill_uniform_f32_cuda(q.p, int64_t(q.n), 3, -1.0f, 1.0f, nullptr);
-    attn_cuda_params p = attn_params_of(n_head, n_head_kv, head_dim, n_q, n_entries, kv, plan, n_split);
+    attn_cuda_params p = attn_params_of(n_head, n_head_kv, head_dim, n_q, n_entries, *kv[0], plan, n_split);
     dbuf<float> work(attention_cuda_work_bytes(p) / sizeof(float));
-    p.q    = q.p;
-    p.out  = out.p;
-    p.work = work.p;
-    return time_cuda([&](int) { attention_cuda(p, nullptr); }, 2, n_repeat, nullptr);
+    p.q                   = q.p;
+    p.out                 = out.p;
+    p.work                = work.p;
+    std::vector<float> ms = time_cuda(
+        [&](int) {
+            for (int i = 0; i < n_inner; ++i) {
+                p.k = kv[size_t(i % n_copies)]->k_ptr.p;
+                p.v = kv[size_t(i % n_copies)]->v_ptr.p;
+                attention_cuda(p, nullptr);
+            }
+        },
+        2, n_repeat, nullptr);
+    for (float & t : ms) {
+        t /= float(n_inner);
+    }
+    return ms;
 }
 
 // Times matvec over n_copies device copies of a random weight (so that the weights are not served from
@@ -562,7 +585,7 @@ void bind_cuda(py::module_ & m) {
     });
     m.def("cuda_bench_attention", &py_bench_attention, py::arg("n_head"), py::arg("n_head_kv"),
           py::arg("head_dim"), py::arg("n_entries"), py::arg("lo"), py::arg("hi"), py::arg("extras"),
-          py::arg("n_split"), py::arg("n_repeat"));
+          py::arg("n_split"), py::arg("n_repeat"), py::arg("n_inner") = 1);
     m.def("cuda_bench_matvec", &py_bench_matvec, py::arg("type"), py::arg("n_out"), py::arg("n_in"),
           py::arg("n_copies"), py::arg("n_inner"), py::arg("n_repeat"));
     m.def("cuda_bench_copy", &py_bench_copy, py::arg("n_bytes"), py::arg("n_repeat"));
