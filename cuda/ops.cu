@@ -1,4 +1,6 @@
 // Row-wise and element-wise kernels, and the device query shared by the backend.
+#include <algorithm>
+
 #include "common.cuh"
 #include "ops.cuh"
 
@@ -6,66 +8,83 @@ namespace tca {
 
 namespace {
 
-// One CTA per row: sum of squares, then the scaled row.
-__global__ void rms_norm_kernel(const float * x, const float * g, float eps, int64_t n_cols, float * out) {
+// Row kernels: one CTA per row, whole-row float4 passes (rows of n_cols % 4 == 0; scalar otherwise).
+// Their threads cover a row of 4096 in one float4 each, so a row costs one memory round trip per pass.
+__device__ __forceinline__ float block_sum(float v) {
     __shared__ float s_red[32];
-    const float * xr = x + int64_t(blockIdx.x) * n_cols;
-    float * yr       = out + int64_t(blockIdx.x) * n_cols;
-    float ss         = 0.0f;
-    for (int64_t c = threadIdx.x; c < n_cols; c += blockDim.x) {
-        ss += xr[c] * xr[c];
-    }
     for (int o = 16; o > 0; o /= 2) {
-        ss += __shfl_xor_sync(0xffffffff, ss, o);
+        v += __shfl_xor_sync(0xffffffff, v, o);
     }
     if (threadIdx.x % 32 == 0) {
-        s_red[threadIdx.x / 32] = ss;
+        s_red[threadIdx.x / 32] = v;
     }
     __syncthreads();
-    ss = 0.0f;
+    float sum = 0.0f;
     for (int w = 0; w < int(blockDim.x / 32); ++w) {
-        ss += s_red[w];
+        sum += s_red[w];
     }
-    const float s = rsqrtf(ss / float(n_cols) + eps);
+    return sum;
+}
+
+__device__ __forceinline__ float4 f4_add(float4 a, float4 b) {
+    return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+}
+__device__ __forceinline__ float f4_dot(float4 a) {
+    return a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
+}
+__device__ __forceinline__ float4 f4_scale(float4 a, float s, float4 g) {
+    return make_float4(a.x * s * g.x, a.y * s * g.y, a.z * s * g.z, a.w * s * g.w);
+}
+
+// x += y when ADD (y may be null otherwise), then out = x / sqrt(mean(x^2) + eps) * g. out may alias x, or
+// y: each thread reads back only the elements it wrote itself, and y is read before out is written.
+template <bool ADD>
+__global__ void rms_norm_kernel(float * x, const float * y, const float * g, float eps, int64_t n_cols,
+                                float * out) {
+    float * xr       = x + int64_t(blockIdx.x) * n_cols;
+    const float * yr = ADD ? y + int64_t(blockIdx.x) * n_cols : nullptr;
+    float * outr     = out + int64_t(blockIdx.x) * n_cols;
+    float ss         = 0.0f;
+    if (n_cols % 4 == 0) {
+        auto * x4       = reinterpret_cast<float4 *>(xr);
+        const int64_t n = n_cols / 4;
+        for (int64_t c = threadIdx.x; c < n; c += blockDim.x) {
+            float4 v = x4[c];
+            if (ADD) {
+                v     = f4_add(v, reinterpret_cast<const float4 *>(yr)[c]);
+                x4[c] = v;
+            }
+            ss += f4_dot(v);
+        }
+        const float s = rsqrtf(block_sum(ss) / float(n_cols) + eps);
+        for (int64_t c = threadIdx.x; c < n; c += blockDim.x) {
+            reinterpret_cast<float4 *>(outr)[c] = f4_scale(x4[c], s, reinterpret_cast<const float4 *>(g)[c]);
+        }
+        return;
+    }
     for (int64_t c = threadIdx.x; c < n_cols; c += blockDim.x) {
-        yr[c] = xr[c] * s * g[c];
+        float v = xr[c];
+        if (ADD) {
+            v += yr[c];
+            xr[c] = v;
+        }
+        ss += v * v;
     }
+    const float s = rsqrtf(block_sum(ss) / float(n_cols) + eps);
+    for (int64_t c = threadIdx.x; c < n_cols; c += blockDim.x) {
+        outr[c] = xr[c] * s * g[c];
+    }
+}
+
+// Threads of a row kernel: one float4 of the row each, in whole warps, 32 to 1024.
+unsigned row_threads(int64_t n_cols) {
+    return unsigned(32 * std::clamp<int64_t>(ceil_div(ceil_div(n_cols, 4), 32), 1, 32));
 }
 
 __global__ void add_bias_kernel(float * y, const float * b, int64_t n_rows, int64_t n_cols) {
     const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i < n_rows * n_cols) {
         y[i] += b[i % n_cols];
-    }
-}
-
-// One CTA per row: x += y, then out = rms_norm(x) * g (out may alias y: y is read before out is written).
-__global__ void add_rms_norm_kernel(float * x, const float * y, const float * g, float eps, int64_t n_cols,
-                                    float * out) {
-    __shared__ float s_red[32];
-    float * xr       = x + int64_t(blockIdx.x) * n_cols;
-    const float * yr = y + int64_t(blockIdx.x) * n_cols;
-    float * outr     = out + int64_t(blockIdx.x) * n_cols;
-    float ss         = 0.0f;
-    for (int64_t c = threadIdx.x; c < n_cols; c += blockDim.x) {
-        const float v = xr[c] + yr[c];
-        xr[c]         = v;
-        ss += v * v;
-    }
-    for (int o = 16; o > 0; o /= 2) {
-        ss += __shfl_xor_sync(0xffffffff, ss, o);
-    }
-    if (threadIdx.x % 32 == 0) {
-        s_red[threadIdx.x / 32] = ss;
-    }
-    __syncthreads();
-    ss = 0.0f;
-    for (int w = 0; w < int(blockDim.x / 32); ++w) {
-        ss += s_red[w];
-    }
-    const float s = rsqrtf(ss / float(n_cols) + eps);
-    for (int64_t c = threadIdx.x; c < n_cols; c += blockDim.x) {
-        outr[c] = xr[c] * s * g[c];  // each thread reads back only the values it wrote
     }
 }
 
@@ -142,7 +161,9 @@ void rms_norm_cuda(const float * x, const float * g, float eps, int64_t n_rows, 
     if (n_rows <= 0 || n_cols <= 0) {
         return;
     }
-    rms_norm_kernel<<<unsigned(n_rows), kBlock, 0, stream>>>(x, g, eps, n_cols, out);
+    // x is only read (ADD = false): the cast lets both variants share one signature.
+    rms_norm_kernel<false><<<unsigned(n_rows), row_threads(n_cols), 0, stream>>>(
+        const_cast<float *>(x), nullptr, g, eps, n_cols, out);
     CUDA_CHECK_LAUNCH("rms_norm_kernel");
 }
 
@@ -159,7 +180,7 @@ void add_rms_norm_cuda(float * x, const float * y, const float * g, float eps, i
     if (n_rows <= 0 || n_cols <= 0) {
         return;
     }
-    add_rms_norm_kernel<<<unsigned(n_rows), kBlock, 0, stream>>>(x, y, g, eps, n_cols, out);
+    rms_norm_kernel<true><<<unsigned(n_rows), row_threads(n_cols), 0, stream>>>(x, y, g, eps, n_cols, out);
     CUDA_CHECK_LAUNCH("add_rms_norm_kernel");
 }
 

@@ -14,9 +14,9 @@ namespace tca {
 namespace {
 
 // A CTA of up to kMatvecWarps warps computes kMatvecRows rows: its threads split each row's units, every x
-// chunk read from cache serves all kMatvecRows rows, and the partial sums are reduced across the CTA. Rows
-// of fewer than 32 * kMatvecWarps units get fewer warps (matvec_threads), so that no thread idles.
-constexpr int kMatvecWarps = 4;
+// chunk read from cache serves all kMatvecRows rows, and the partial sums are reduced across the CTA. The
+// warp count is chosen per row length (matvec_threads) so that every thread takes the same number of units.
+constexpr int kMatvecWarps = 8;
 constexpr int kMatvecRows  = 4;
 
 // Sums acc [R] over the CTA; the totals are in the returned shared array (valid after the call).
@@ -407,11 +407,14 @@ void quant_check(const qweight_cuda & w, const char * what) {
     }
 }
 
-// Threads of a matvec CTA for rows of n_units units: whole warps, at most kMatvecWarps.
+// Threads of a matvec CTA for rows of n_units units: the fewest passes over the units that
+// kMatvecWarps warps allow, then the fewest warps that make them (4096 F16 values: 128 units, 4 warps, one
+// pass; 14336: 448 units, 7 warps, two passes).
 template <ggml_type T>
 unsigned matvec_threads(int64_t n_in) {
-    const int64_t n_units = n_in / qtraits<T>::unit;
-    return unsigned(32 * std::clamp<int64_t>(ceil_div(n_units, 32), 1, kMatvecWarps));
+    const int64_t n_units  = n_in / qtraits<T>::unit;
+    const int64_t n_passes = ceil_div(n_units, 32 * kMatvecWarps);
+    return unsigned(32 * std::clamp<int64_t>(ceil_div(n_units, 32 * n_passes), 1, kMatvecWarps));
 }
 
 // Launchers of each kernel for one weight type (see quant_dispatch).

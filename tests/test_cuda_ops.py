@@ -299,21 +299,23 @@ def test_matvec_rejects_unsupported_type():
 # ---- element-wise and row-wise ops -------------------------------------------------------------------
 
 
-def test_rms_norm():
+@pytest.mark.parametrize("n_cols", [1000, 999, 4096, 5000])  # float4 rows, scalar rows, > 1024 float4
+def test_rms_norm(n_cols):
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((13, 1000)).astype(np.float32)
-    g = rng.uniform(0.5, 1.5, 1000).astype(np.float32)
+    x = rng.standard_normal((13, n_cols)).astype(np.float32)
+    g = rng.uniform(0.5, 1.5, n_cols).astype(np.float32)
     out = _core.cuda_rms_norm(x, g, 1e-5)
     x64 = x.astype(np.float64)
     ref = x64 / np.sqrt((x64**2).mean(axis=1, keepdims=True) + 1e-5) * g
     assert rel_err(out, ref) < 1e-6
 
 
-def test_add_rms_norm():
+@pytest.mark.parametrize("n_cols", [1000, 999, 5000])
+def test_add_rms_norm(n_cols):
     rng = np.random.default_rng(11)
-    x = rng.standard_normal((5, 1000)).astype(np.float32)
-    y = rng.standard_normal((5, 1000)).astype(np.float32)
-    g = rng.uniform(0.5, 1.5, 1000).astype(np.float32)
+    x = rng.standard_normal((5, n_cols)).astype(np.float32)
+    y = rng.standard_normal((5, n_cols)).astype(np.float32)
+    g = rng.uniform(0.5, 1.5, n_cols).astype(np.float32)
     x_new, out = _core.cuda_add_rms_norm(x, y, g, 1e-5)
     s = x.astype(np.float64) + y
     assert rel_err(x_new, s) < 1e-7
