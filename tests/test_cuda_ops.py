@@ -130,6 +130,97 @@ def test_attention_rejects_unsupported_head_dim():
         _core.cuda_attention(q, k, k, lo, hi, [], 0)
 
 
+def tca_prefill_plan(n, n_global, n_new, b, w, global_sets):
+    """lo, hi [n_head_kv, n_new] and extras as engine/tca_runtime.cpp tca_plan_prefill builds them for a
+    chunk of n_new tokens ending a cache of n entries whose first n_global are compacted: query i sees its
+    window joined with the tail, [r0 + max(0, min(rel - w + 1, L_g)), i], plus the compacted tokens and
+    the head's global set (positions relative to r0 = n_global) below that range."""
+    r0, n0 = n_global, n - n_new
+    L_g = (n - r0 - w) // b * b
+    rel = np.arange(n0, n) - r0
+    lo = r0 + np.maximum(0, np.minimum(rel - w + 1, L_g))
+    hi = np.arange(n0 + 1, n + 1)
+    extras = [
+        np.concatenate([np.arange(r0), r0 + np.asarray(g, np.int64)]).astype(np.int32) for g in global_sets
+    ]
+    n_kv = len(global_sets)
+    return np.tile(lo, (n_kv, 1)).astype(np.int32), np.tile(hi, (n_kv, 1)).astype(np.int32), extras
+
+
+def random_global_set(rng, L_g, b):
+    """A global set as spec 4 makes one: every block of the region [0, L_g) keeps 1 to b tokens."""
+    return np.concatenate(
+        [j + np.sort(rng.choice(b, size=rng.integers(1, b + 1), replace=False)) for j in range(0, L_g, b)]
+    )
+
+
+def row_errors(out, ref):
+    """Relative error of every (query, head) row [n_q, n_head]."""
+    assert np.isfinite(out).all(), "output has NaN/Inf (unwritten or overflowed elements)"
+    return np.linalg.norm(out - ref, axis=2) / np.linalg.norm(ref, axis=2)
+
+
+# The global sets the CPU engine selects for a 40-token prompt of the qwen2-gqa4-q8_0 model of
+# test_cuda_model.py (b = 8, w = 16, density 0.3): layer 0 and layer 1, one list per KV head. With GQA 4 the
+# second 128-row query tile holds tokens 32-39, whose lo runs 17..24 while every extra lies below 24; the
+# layer-1 set of head 0 holds token 17, which queries 33-39 see as an extra and query 32 as a dense key.
+GLOBAL_SETS_40 = [
+    [[1, 4, 10, 11, 12, 13, 19, 21], [0, 5, 10, 11, 12, 15, 19, 23]],
+    [[2, 3, 9, 15, 17, 20, 21, 22], [2, 4, 6, 7, 9, 14, 16, 21]],
+]
+
+
+@pytest.mark.parametrize("sets", GLOBAL_SETS_40, ids=["layer0", "layer1"])
+@pytest.mark.parametrize("n_head,d", [(8, 64), (8, 128), (6, 64), (16, 64)])
+def test_attention_tca_prefill_40_tokens(sets, n_head, d):
+    """The prefill plan of a 40-token prompt (b = 8, w = 16) on which the whole-model GPU run differed from
+    the CPU in queries 33-39: every query row must match the CPU semantics, not only the overall norm."""
+    rng = np.random.default_rng(40 + n_head + d)
+    lo, hi, extras = tca_prefill_plan(40, 0, 40, 8, 16, sets)
+    q = (rng.standard_normal((40, n_head, d)) * 2.0).astype(np.float32)
+    k, v = random_kv(rng, 2, 40, d)
+    out = _core.cuda_attention(q, k, v, lo, hi, extras, 0)
+    err = row_errors(out, attention_ref(q, k, v, lo, hi, extras))
+    bad = sorted(set(np.nonzero(err > 1e-2)[0].tolist()))
+    assert not bad, f"queries {bad} differ (worst {err.max():.3g})"
+
+
+# (n, n_global, n_new, b, w, n_head, n_head_kv, head_dim, n_split): prompts whose last query tile is partly
+# filled and whose rows' lo differ (some capped at L_g), later chunks over compacted tokens (whole tiles of
+# extras every row sees), the decode shape (<= 16 packed rows) and forced key splits.
+TCA_PREFILL_CASES = [
+    (40, 0, 40, 8, 16, 8, 2, 64, 0),
+    (41, 0, 41, 8, 16, 8, 2, 64, 0),
+    (47, 0, 47, 8, 16, 8, 2, 64, 0),
+    (33, 0, 33, 8, 16, 8, 2, 64, 0),
+    (100, 0, 100, 8, 16, 8, 2, 64, 0),
+    (40, 0, 40, 8, 16, 6, 2, 128, 0),
+    (72, 0, 72, 4, 8, 8, 1, 64, 0),
+    (161, 0, 161, 16, 32, 4, 4, 128, 0),
+    (40, 0, 40, 8, 16, 8, 2, 64, 2),
+    (420, 300, 120, 8, 16, 8, 2, 64, 0),
+    (700, 500, 40, 32, 64, 8, 2, 128, 3),
+    (330, 280, 4, 8, 16, 8, 2, 64, 0),
+]
+
+
+@pytest.mark.parametrize(
+    "case", TCA_PREFILL_CASES, ids=lambda c: "n{}_g{}_new{}_b{}_w{}_h{}_kv{}_d{}_s{}".format(*c)
+)
+def test_attention_tca_prefill_plans(case):
+    n, n_global, n_new, b, w, n_head, n_head_kv, d, n_split = case
+    rng = np.random.default_rng(sum(case))
+    L_g = (n - n_global - w) // b * b
+    sets = [random_global_set(rng, L_g, b) for _ in range(n_head_kv)]
+    lo, hi, extras = tca_prefill_plan(n, n_global, n_new, b, w, sets)
+    q = (rng.standard_normal((n_new, n_head, d)) * 2.0).astype(np.float32)
+    k, v = random_kv(rng, n_head_kv, n, d)
+    out = _core.cuda_attention(q, k, v, lo, hi, extras, n_split)
+    err = row_errors(out, attention_ref(q, k, v, lo, hi, extras))
+    bad = sorted(set(np.nonzero(err > 1e-2)[0].tolist()))
+    assert not bad, f"queries {bad} differ (worst {err.max():.3g})"
+
+
 @pytest.mark.parametrize(
     "n_group,d,n,nb,ne,ob,oe", [(4, 128, 1000, 0, 1000, 0, 1000), (3, 64, 517, 40, 500, 300, 420)]
 )
