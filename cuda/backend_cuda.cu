@@ -15,6 +15,7 @@
 #include "ops.cuh"
 #include "quant_matvec.cuh"
 #include "quants.h"
+#include "rope.cuh"
 #ifdef TCA_HAVE_CUBLAS
 #include "matmul.cuh"
 #endif
@@ -29,7 +30,7 @@ constexpr double k_mib = 1024.0 * 1024.0;
 // longer ones through cuBLAS (the weight dequantized to fp16 once per call).
 constexpr int64_t k_matvec_max_tokens = 4;
 #endif
-// KV heads written by one launch of kv_store_kernel (its pointers travel as a kernel parameter).
+// KV heads written by one launch of rope_store_kernel (its pointers travel as a kernel parameter).
 constexpr int k_store_heads = 32;
 // A head of n entries is allocated with room for kv_capacity(n): n plus 1/16, rounded up to a 256-entry
 // step. A head that fills up is reallocated (and its rows copied) at the capacity of what it needs, so a
@@ -126,19 +127,43 @@ struct kv_store_dst {
     __half * v[k_store_heads];
 };
 
-// dst.k[h][t, :] = fp16(k[t, h0 + h, :]) (same for v) for t < n, h < n_heads; k, v [n, n_head_kv, head_dim].
-__global__ void kv_store_kernel(const float * k, const float * v, int64_t n, int n_head_kv, int h0,
-                                int n_heads, int head_dim, kv_store_dst dst) {
-    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (i >= n * n_heads * head_dim) {
-        return;
+// One launch of rope_append for the KV heads [h0, h0 + n_heads): q [n, n_head_q] rotated in place (n_head_q
+// is 0 but for the first launch); k [n, n_head_kv] of those heads rotated in place and stored with v to
+// dst.k[h][t, :], dst.v[h][t, :] in fp16. One thread per q pair, per k pair slot (slot j < n_rot/2 rotates
+// pair j, a later slot copies two unrotated dims) and per v value.
+__global__ void rope_store_kernel(float * q, int n_head_q, float * k, const float * v, int64_t n,
+                                  int n_head_kv, int h0, int n_heads, rope_params r, kv_store_dst dst) {
+    const int half    = r.n_rot / 2;
+    const int slots   = r.head_dim / 2;
+    const int64_t n_q = n * n_head_q * half;
+    const int64_t n_k = n * n_heads * slots;
+    const int64_t n_v = n * n_heads * r.head_dim;
+    const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (idx < n_q) {
+        const int64_t th = idx / half;  // token * n_head_q + head
+        rope_pair(r, th / n_head_q, int(idx % half), q + th * r.head_dim);
+    } else if (idx < n_q + n_k) {
+        const int64_t i = idx - n_q;
+        const int j     = int(i % slots);
+        const int h     = int(i / slots % n_heads);
+        const int64_t t = i / (int64_t(slots) * n_heads);
+        float * kr      = k + (t * n_head_kv + h0 + h) * r.head_dim;
+        __half * kd     = dst.k[h] + t * r.head_dim;
+        int i0          = r.n_rot + 2 * (j - half);
+        int i1          = i0 + 1;
+        if (j < half) {
+            rope_pair(r, t, j, kr);
+            rope_dims(r, j, i0, i1);
+        }
+        kd[i0] = __float2half_rn(kr[i0]);
+        kd[i1] = __float2half_rn(kr[i1]);
+    } else if (idx < n_q + n_k + n_v) {
+        const int64_t i              = idx - n_q - n_k;
+        const int d                  = int(i % r.head_dim);
+        const int h                  = int(i / r.head_dim % n_heads);
+        const int64_t t              = i / (int64_t(r.head_dim) * n_heads);
+        dst.v[h][t * r.head_dim + d] = __float2half_rn(v[(t * n_head_kv + h0 + h) * r.head_dim + d]);
     }
-    const int d                = int(i % head_dim);
-    const int h                = int(i / head_dim % n_heads);
-    const int64_t t            = i / (int64_t(head_dim) * n_heads);
-    const int64_t src          = (t * n_head_kv + h0 + h) * head_dim + d;
-    dst.k[h][t * head_dim + d] = __float2half_rn(k[src]);
-    dst.v[h][t * head_dim + d] = __float2half_rn(v[src]);
 }
 
 // out[j, :] = src[idx[j], :] for j < n, rows of head_dim values, for K and V at once.
@@ -189,9 +214,8 @@ class backend_cuda final : public backend {
     void matmul_multi(const matmul_out * outs, int n, const float * x, int64_t n_tok) override;
     void ffn_swiglu(const weight & w_gate, const weight & w_up, const float * x, int64_t n_tok, float * gate,
                     float * up) override;
-    void rope(float * q, float * k, int64_t n_tok) override;
+    void rope_append(int il, float * q, float * k, const float * v, int64_t n) override;
 
-    void kv_append(int il, const float * k, const float * v, int64_t n) override;
     kv_head_view kv_view(int il, int ih) const override {
         const kv_head_cuda & h = head(il, ih);
         return {h.n, h.n_global, h.pos.data()};
@@ -449,12 +473,6 @@ void backend_cuda::ffn_swiglu(const weight & w_gate, const weight & w_up, const 
     swiglu_cuda(gate, up, n_tok * g.n_out, stream_);
 }
 
-void backend_cuda::rope(float * q, float * k, int64_t n_tok) {
-    rope_cuda(q, hp_.n_head, k, hp_.n_head_kv, n_tok, hp_.head_dim, hp_.n_rot,
-              static_cast<const int32_t *>(pos_mem_.get()), hp_.rope_base, hp_.rope_scale, rope_freqs_,
-              hp_.rope == rope_style::adjacent, stream_);
-}
-
 void backend_cuda::kv_alloc(int64_t cap, __half *& k, __half *& v) {
     const size_t bytes = size_t(cap) * size_t(hp_.head_dim) * sizeof(__half);
     k                  = static_cast<__half *>(device_alloc_async(bytes, "the KV cache", stream_));
@@ -493,7 +511,17 @@ void backend_cuda::kv_reserve(kv_head_cuda & h, int64_t n_needed) {
     kv_swap(h, k, v, cap);
 }
 
-void backend_cuda::kv_append(int il, const float * k, const float * v, int64_t n) {
+void backend_cuda::rope_append(int il, float * q, float * k, const float * v, int64_t n) {
+    const rope_params r{hp_.head_dim,
+                        hp_.n_rot,
+                        hp_.rope_base,
+                        hp_.rope_scale,
+                        rope_freqs_,
+                        static_cast<const int32_t *>(pos_mem_.get()),
+                        hp_.rope == rope_style::adjacent};
+    if (r.n_rot <= 0 || r.n_rot % 2 != 0 || r.n_rot > r.head_dim) {
+        fail("device 'cuda': n_rot %d must be even and within head_dim %d", r.n_rot, r.head_dim);
+    }
     for (int h0 = 0; h0 < hp_.n_head_kv; h0 += k_store_heads) {
         const int n_heads = std::min(k_store_heads, hp_.n_head_kv - h0);
         kv_store_dst dst{};
@@ -503,10 +531,12 @@ void backend_cuda::kv_append(int il, const float * k, const float * v, int64_t n
             dst.k[j] = h.k + h.n * hp_.head_dim;
             dst.v[j] = h.v + h.n * hp_.head_dim;
         }
-        const int64_t n_values = n * n_heads * hp_.head_dim;
-        kv_store_kernel<<<unsigned(ceil_div(n_values, 256)), 256, 0, stream_>>>(k, v, n, hp_.n_head_kv, h0,
-                                                                                n_heads, hp_.head_dim, dst);
-        CUDA_CHECK_LAUNCH("kv_store_kernel");
+        const int n_head_q = h0 == 0 ? hp_.n_head : 0;
+        const int64_t n_threads =
+            n * (int64_t(n_head_q) * (r.n_rot / 2) + int64_t(n_heads) * (r.head_dim / 2 + r.head_dim));
+        rope_store_kernel<<<unsigned(ceil_div(n_threads, 256)), 256, 0, stream_>>>(
+            q, n_head_q, k, v, n, hp_.n_head_kv, h0, n_heads, r, dst);
+        CUDA_CHECK_LAUNCH("rope_store_kernel");
     }
     for (int ih = 0; ih < hp_.n_head_kv; ++ih) {
         kv_head_cuda & h = head(il, ih);

@@ -3,6 +3,7 @@
 
 #include "common.cuh"
 #include "ops.cuh"
+#include "rope.cuh"
 
 namespace tca {
 
@@ -97,10 +98,8 @@ __global__ void swiglu_kernel(float * gate, const float * up, int64_t n) {
 }
 
 // One thread per (token, head, pair) of q [n_tok, n_head_q] and then of k [n_tok, n_head_k].
-__global__ void rope_kernel(float * q, int n_head_q, float * k, int n_head_k, int64_t n_tok, int head_dim,
-                            int n_rot, const int32_t * pos, float base, float scale,
-                            const float * freq_factors, bool adjacent) {
-    const int half    = n_rot / 2;
+__global__ void rope_kernel(float * q, int n_head_q, float * k, int n_head_k, int64_t n_tok, rope_params r) {
+    const int half    = r.n_rot / 2;
     const int64_t n_q = n_tok * n_head_q * half;
     int64_t idx       = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
     float * x         = q;
@@ -113,25 +112,8 @@ __global__ void rope_kernel(float * q, int n_head_q, float * k, int n_head_k, in
             return;
         }
     }
-    const int i       = int(idx % half);
-    const int64_t th  = idx / half;  // token * n_head + head
-    const int64_t tok = th / n_head;
-    double inv        = pow(double(base), -2.0 * i / n_rot) * scale;
-    if (freq_factors != nullptr) {
-        inv /= freq_factors[i];
-    }
-    double sn;
-    double cs;
-    sincos(double(pos[tok]) * inv, &sn, &cs);
-    const float c = float(cs);
-    const float s = float(sn);
-    float * v     = x + th * head_dim;
-    const int i0  = adjacent ? 2 * i : i;
-    const int i1  = adjacent ? 2 * i + 1 : i + half;
-    const float a = v[i0];
-    const float b = v[i1];
-    v[i0]         = a * c - b * s;
-    v[i1]         = a * s + b * c;
+    const int64_t th = idx / half;  // token * n_head + head
+    rope_pair(r, th / n_head, int(idx % half), x + th * r.head_dim);
 }
 
 constexpr int kBlock = 256;
@@ -202,8 +184,8 @@ void rope_cuda(float * q, int n_head_q, float * k, int n_head_k, int64_t n_tok, 
     if (n <= 0) {
         return;
     }
-    rope_kernel<<<grid_for(n), kBlock, 0, stream>>>(q, n_head_q, k, n_head_k, n_tok, head_dim, n_rot, pos,
-                                                    base, scale, freq_factors, adjacent);
+    const rope_params r{head_dim, n_rot, base, scale, freq_factors, pos, adjacent};
+    rope_kernel<<<grid_for(n), kBlock, 0, stream>>>(q, n_head_q, k, n_head_k, n_tok, r);
     CUDA_CHECK_LAUNCH("rope_kernel");
 }
 

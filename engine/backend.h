@@ -47,7 +47,7 @@ class backend {
     // A buffer of at least n floats; its contents are undefined after a call that grows it.
     virtual float * buffer(act_buffer id, size_t n) = 0;
 
-    // The absolute positions pos [n] of the tokens of the current eval (used by rope and kv_append).
+    // The absolute positions pos [n] of the tokens of the current eval (used by rope_append).
     virtual void set_positions(const int32_t * pos, int64_t n) = 0;
 
     // out[t, :] = row ids[t] of w; ids [n] in host memory, ids checked by the caller.
@@ -66,13 +66,12 @@ class backend {
     // gate = silu(w_gate x) * (w_up x);  x [n_tok, n_in], gate [n_tok, n_ff], up [n_tok, n_ff] is scratch.
     virtual void ffn_swiglu(const weight & w_gate, const weight & w_up, const float * x, int64_t n_tok,
                             float * gate, float * up) = 0;
-    // Rotates q [n_tok, n_head, head_dim] and k [n_tok, n_head_kv, head_dim] in place at the positions of
-    // set_positions (the model's RoPE).
-    virtual void rope(float * q, float * k, int64_t n_tok) = 0;
+    // Rotates q [n, n_head, head_dim] and k [n, n_head_kv, head_dim] in place at the positions of
+    // set_positions (the model's RoPE), then appends k and v [n, n_head_kv, head_dim] to every KV head of
+    // layer il at those positions.
+    virtual void rope_append(int il, float * q, float * k, const float * v, int64_t n) = 0;
 
-    // Appends k, v [n, n_head_kv, head_dim] of layer il to every KV head, at the set positions.
-    virtual void kv_append(int il, const float * k, const float * v, int64_t n) = 0;
-    virtual kv_head_view kv_view(int il, int ih) const                          = 0;
+    virtual kv_head_view kv_view(int il, int ih) const = 0;
     // Keeps only the entries idx (sorted, unique) of one head; the first n_global are compacted.
     virtual void kv_keep(int il, int ih, const std::vector<int32_t> & idx, int64_t n_global) = 0;
     virtual void kv_clear()                                                                  = 0;

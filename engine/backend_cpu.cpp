@@ -57,18 +57,14 @@ void backend_cpu::ffn_swiglu(const weight & w_gate, const weight & w_up, const f
     op_swiglu(gate, up, n_tok * w_gate.n_out, pool_);
 }
 
-void backend_cpu::rope(float * q, float * k, int64_t n_tok) {
-    const hparams & hp  = model_.hp;
-    const bool adjacent = hp.rope == rope_style::adjacent;
-    op_rope(q, n_tok, hp.n_head, hp.head_dim, rope_, adjacent);
-    op_rope(k, n_tok, hp.n_head_kv, hp.head_dim, rope_, adjacent);
-}
-
-void backend_cpu::kv_append(int il, const float * k, const float * v, int64_t n) {
-    const int64_t head_dim  = model_.hp.head_dim;
-    const int64_t kv_stride = model_.hp.n_head_kv * head_dim;
-    for (int ih = 0; ih < model_.hp.n_head_kv; ++ih) {
-        cache_.append(il, ih, k + ih * head_dim, v + ih * head_dim, kv_stride, pos_.data(), n);
+void backend_cpu::rope_append(int il, float * q, float * k, const float * v, int64_t n) {
+    const hparams & hp      = model_.hp;
+    const bool adjacent     = hp.rope == rope_style::adjacent;
+    const int64_t kv_stride = int64_t(hp.n_head_kv) * hp.head_dim;
+    op_rope(q, n, hp.n_head, hp.head_dim, rope_, adjacent);
+    op_rope(k, n, hp.n_head_kv, hp.head_dim, rope_, adjacent);
+    for (int ih = 0; ih < hp.n_head_kv; ++ih) {
+        cache_.append(il, ih, k + ih * hp.head_dim, v + ih * hp.head_dim, kv_stride, pos_.data(), n);
     }
 }
 

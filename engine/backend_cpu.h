@@ -30,9 +30,8 @@ class backend_cpu final : public backend {
     void matmul_multi(const matmul_out * outs, int n, const float * x, int64_t n_tok) override;
     void ffn_swiglu(const weight & w_gate, const weight & w_up, const float * x, int64_t n_tok, float * gate,
                     float * up) override;
-    void rope(float * q, float * k, int64_t n_tok) override;
+    void rope_append(int il, float * q, float * k, const float * v, int64_t n) override;
 
-    void kv_append(int il, const float * k, const float * v, int64_t n) override;
     kv_head_view kv_view(int il, int ih) const override;
     void kv_keep(int il, int ih, const std::vector<int32_t> & idx, int64_t n_global) override;
     void kv_clear() override { cache_.clear(); }

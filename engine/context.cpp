@@ -87,7 +87,6 @@ void context::attention_layer(int il, int64_t n, const activations & a) {
         };
     };
 
-    be.kv_append(il, a.k, a.v, n);
     for (int ih = 0; ih < hp.n_head_kv; ++ih) {
         const kv_head_view h       = be.kv_view(il, ih);
         keeps_[size_t(ih)].changed = false;
@@ -178,7 +177,7 @@ void context::forward(const int32_t * tokens, int64_t n, bool logits_all, std::v
                 {&l.wq, l.bq, a.q + b * n_q}, {&l.wk, l.bk, a.k + b * n_kv}, {&l.wv, l.bv, a.v + b * n_kv}};
             be.matmul_multi(qkv, 3, a.xn + b * n_embd, nb);
         }
-        be.rope(a.q, a.k, n);
+        be.rope_append(il, a.q, a.k, a.v, n);
         if (hook_) {
             call_hook(il, n, a);
         }
