@@ -5,6 +5,7 @@
 #include <cmath>
 #include <deque>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "attention.cuh"
@@ -284,8 +285,9 @@ T * backend_cuda::upload(device_buffer & buf, const T * src, size_t n, const cha
 }
 
 backend_cuda::backend_cuda(const model & m) : hp_(m.hp), heads_(size_t(m.hp.n_layer) * m.hp.n_head_kv) {
-    if (hp_.head_dim != 64 && hp_.head_dim != 128) {
-        fail("device 'cuda': head_dim %d is not supported by the CUDA attention (64 or 128)", hp_.head_dim);
+    std::string why_not;
+    if (!backend_cuda_supports(m, why_not)) {
+        fail("device 'cuda': %s", why_not.c_str());
     }
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
 #ifdef TCA_HAVE_CUBLAS
@@ -340,11 +342,7 @@ void backend_cuda::upload_weight(const weight & w, const std::string & name) {
     qweight_cuda dw{w.type, w.n_in, w.n_out, nullptr};
     std::vector<uint16_t> f16;
     const void * src = w.data;
-    if (!quant_cuda_supported(w.type)) {
-        if (w.type != ggml_type::F32 && w.type != ggml_type::BF16) {
-            fail("device 'cuda': %s has type %s, which the CUDA kernels do not read", name.c_str(),
-                 ggml_traits(w.type).name);
-        }
+    if (!quant_cuda_supported(w.type)) {  // F32 or BF16 (backend_cuda_supports)
         // Float matrices run as F16 on the GPU (the matvec and matmul kernels read F16 blocks).
         dw.type = ggml_type::F16;
         f16.resize(size_t(w.n_out * w.n_in));
@@ -707,6 +705,37 @@ bool backend_cuda_probe(std::string & why_not) {
     if (n == 0) {
         why_not = "no CUDA GPU is present";
         return false;
+    }
+    return true;
+}
+
+bool backend_cuda_supports(const model & m, std::string & why_not) {
+    if (m.hp.head_dim != 64 && m.hp.head_dim != 128) {
+        why_not = strfmt("head_dim %d is not supported by the CUDA attention (64 or 128)", m.hp.head_dim);
+        return false;
+    }
+    auto readable = [&](const weight & w, const std::string & name) {
+        if (quant_cuda_supported(w.type) || w.type == ggml_type::F32 || w.type == ggml_type::BF16) {
+            return true;
+        }
+        why_not = strfmt("%s has type %s, which the CUDA kernels do not read", name.c_str(),
+                         ggml_traits(w.type).name);
+        return false;
+    };
+    if (!readable(m.tok_embd, "token_embd.weight") || !readable(m.output, "output.weight")) {
+        return false;
+    }
+    for (int il = 0; il < m.hp.n_layer; ++il) {
+        const layer_weights & l                            = m.layers[size_t(il)];
+        const std::pair<const weight *, const char *> ws[] = {
+            {&l.wq, "attn_q"},        {&l.wk, "attn_k"},         {&l.wv, "attn_v"},
+            {&l.wo, "attn_output"},   {&l.ffn_gate, "ffn_gate"}, {&l.ffn_up, "ffn_up"},
+            {&l.ffn_down, "ffn_down"}};
+        for (const auto & [w, t] : ws) {
+            if (!readable(*w, strfmt("blk.%d.%s.weight", il, t))) {
+                return false;
+            }
+        }
     }
     return true;
 }

@@ -6,9 +6,11 @@
 namespace tca {
 
 #ifdef TCA_HAVE_CUDA
-// cuda/backend_cuda.cu: the CUDA backend, and whether a GPU and driver answer (why not, when not).
+// cuda/backend_cuda.cu: the CUDA backend, whether a GPU and driver answer and whether the kernels handle
+// the model (why not, when not).
 std::unique_ptr<backend> backend_cuda_create(const model & m);
 bool backend_cuda_probe(std::string & why_not);
+bool backend_cuda_supports(const model & m, std::string & why_not);
 #endif
 
 bool backend_cuda_available() {
@@ -25,9 +27,10 @@ std::unique_ptr<backend> backend_create(const std::string & device, const model 
         fail("device must be 'cpu', 'cuda' or 'auto' (got '%s')", device.c_str());
     }
 #ifdef TCA_HAVE_CUDA
+    // "auto" takes the CPU when there is no GPU or the CUDA kernels do not handle the model.
     if (device != "cpu") {
         std::string why_not;
-        if (backend_cuda_probe(why_not)) {
+        if (backend_cuda_probe(why_not) && backend_cuda_supports(m, why_not)) {
             return backend_cuda_create(m);
         }
         if (device == "cuda") {

@@ -89,8 +89,9 @@ class backend {
     virtual void to_host(const float * src, size_t n, float * dst) = 0;
 };
 
-// Which backend a context runs on: "cpu", "cuda", or "auto" (the GPU when this build has CUDA and a GPU
-// is present). Throws tca::error for another name, or "cuda" without a CUDA build, GPU or driver.
+// Which backend a context runs on: "cpu", "cuda", or "auto" (the GPU when this build has CUDA, a GPU is
+// present and the CUDA kernels handle the model; the CPU otherwise). Throws tca::error for another name,
+// or "cuda" without a CUDA build, GPU or driver, or for a model the CUDA kernels do not handle.
 std::unique_ptr<backend> backend_create(const std::string & device, const model & m, int n_threads);
 
 // Whether this build has the CUDA backend and a usable GPU is present.

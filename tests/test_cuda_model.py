@@ -225,3 +225,5 @@ def test_unsupported_head_dim_is_a_clear_error(random_models):
     with pytest.raises(TcaError, match="head_dim 16 is not supported"):
         _core.Context(model, n_ctx=64, device="cuda")
     assert _core.Context(model, n_ctx=64, device="cpu").device == "cpu"
+    # "auto" means the GPU when it can run the model, the CPU otherwise.
+    assert _core.Context(model, n_ctx=64, device="auto").device == "cpu"
