@@ -51,7 +51,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("-t", "--threads", type=int_list, default=[0], help="thread counts (0: half the cores)")
     p.add_argument("-b", "--batch-size", type=int_list, default=[512], help="batch sizes (512)")
     p.add_argument("--attention", type=str_list, default=["dense"], help="dense,tca (dense)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (the GPU if it can run the model) (cpu)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (the GPU if it runs the model) (cpu)")
     p.add_argument("-r", "--repetitions", type=int, default=5, help="repetitions of each test (5)")
     p.add_argument("-o", "--output", choices=["md", "csv", "json"], default="md", help="output format (md)")
     p.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up run of each test")

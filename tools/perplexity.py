@@ -31,7 +31,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("-b", "--batch-size", type=int, default=512, help="tokens per batch (512)")
     p.add_argument("-t", "--threads", type=int, default=0, help="threads (0: half the cores)")
     p.add_argument("--chunks", type=int, default=-1, help="score at most this many windows (-1: all)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (the GPU if it can run the model) (cpu)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (the GPU if it runs the model) (cpu)")
     p.add_argument("--attention", choices=["dense", "tca"], default="dense", help="attention kind (dense)")
     add_tca_args(p)
     return p

@@ -26,7 +26,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("-c", "--ctx-size", type=int, default=4096, help="context size, 0: the model's (4096)")
     g.add_argument("-t", "--threads", type=int, default=0, help="threads (0: half the cores)")
     g.add_argument("-b", "--batch-size", type=int, default=512, help="prompt tokens per batch (512)")
-    g.add_argument("--device", default="cpu", help="cpu, cuda or auto (the GPU if it can run the model) (cpu)")
+    g.add_argument("--device", default="cpu", help="cpu, cuda or auto (the GPU if it runs the model) (cpu)")
     g.add_argument("--attention", choices=["dense", "tca"], default="dense", help="attention kind (dense)")
     g.add_argument("--verbose", action="store_true", help="print model details on load")
     add_tca_args(p)
