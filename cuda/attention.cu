@@ -417,23 +417,50 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
     }
 }
 
-// out[row] = sum_s w_s o_s / sum_s w_s with w_s = 2^(lse_s - max lse); one CTA per output row.
-__global__ void attn_merge_kernel(const float * work, float * out, int64_t n_out, int head_dim, int n_split) {
+// out[row] = sum_s w_s o_s / sum_s w_s with w_s = 2^(lse_s - max lse); one CTA of kMergeThreads per output
+// row, its threads taking (dim, every n_phase-th split): the loads of different splits are independent, so a
+// thread keeps several in flight rather than walking the splits one round trip at a time.
+constexpr int kMergeThreads = 256;  // a multiple of head_dim (64 or 128)
+
+__global__ void __launch_bounds__(kMergeThreads)
+    attn_merge_kernel(const float * work, float * out, int64_t n_out, int head_dim, int n_split) {
+    __shared__ float s_red[kMergeThreads];
+    __shared__ float s_den[kMergeThreads];
     const int64_t row = blockIdx.x;
     const float * lse = work + int64_t(n_split) * n_out * head_dim;
     float mx          = -INFINITY;
-    for (int s = 0; s < n_split; ++s) {
+    for (int s = threadIdx.x; s < n_split; s += kMergeThreads) {
         mx = fmaxf(mx, lse[s * n_out + row]);
     }
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        float num = 0.0f;
-        float den = 0.0f;
-        if (mx != -INFINITY) {
-            for (int s = 0; s < n_split; ++s) {
-                const float w = fast_exp2(lse[s * n_out + row] - mx);
-                num += w * work[(s * n_out + row) * head_dim + d];
-                den += w;
-            }
+    s_red[threadIdx.x] = mx;
+    __syncthreads();
+    for (int w = kMergeThreads / 2; w > 0; w /= 2) {
+        if (threadIdx.x < w) {
+            s_red[threadIdx.x] = fmaxf(s_red[threadIdx.x], s_red[threadIdx.x + w]);
+        }
+        __syncthreads();
+    }
+    mx = s_red[0];
+    __syncthreads();
+    const int d       = threadIdx.x % head_dim;
+    const int n_phase = kMergeThreads / head_dim;
+    float num         = 0.0f;
+    float den         = 0.0f;
+    if (mx != -INFINITY) {
+#pragma unroll 8
+        for (int s = threadIdx.x / head_dim; s < n_split; s += n_phase) {
+            const float w = fast_exp2(lse[s * n_out + row] - mx);
+            num += w * work[(s * n_out + row) * head_dim + d];
+            den += w;
+        }
+    }
+    s_red[threadIdx.x] = num;
+    s_den[threadIdx.x] = den;
+    __syncthreads();
+    if (threadIdx.x < head_dim) {
+        for (int ph = 1; ph < n_phase; ++ph) {
+            num += s_red[ph * head_dim + d];
+            den += s_den[ph * head_dim + d];
         }
         out[row * head_dim + d] = den > 0.0f ? num / den : 0.0f;
     }
@@ -533,8 +560,8 @@ void attention_cuda(const attn_cuda_params & p, cudaStream_t stream) {
     }
     if (n_split > 1) {
         const int64_t n_out = p.n_q * p.n_head;
-        attn_merge_kernel<<<unsigned(n_out), p.head_dim, 0, stream>>>(p.work, p.out, n_out, p.head_dim,
-                                                                      n_split);
+        attn_merge_kernel<<<unsigned(n_out), kMergeThreads, 0, stream>>>(p.work, p.out, n_out, p.head_dim,
+                                                                         n_split);
         CUDA_CHECK_LAUNCH("attn_merge_kernel");
     }
 }
