@@ -418,9 +418,9 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
 }
 
 // out[row] = sum_s w_s o_s / sum_s w_s with w_s = 2^(lse_s - max lse); one CTA of kMergeThreads per output
-// row, its threads taking (dim, every n_phase-th split): the loads of different splits are independent, so a
-// thread keeps several in flight rather than walking the splits one round trip at a time.
-constexpr int kMergeThreads = 256;  // a multiple of head_dim (64 or 128)
+// row, its threads taking (dim, every n_phase-th split): a decode step merges ~50 splits of only 32 rows, so
+// the splits are spread over the threads rather than walked one round trip at a time.
+constexpr int kMergeThreads = 1024;  // a multiple of head_dim (64 or 128): 8 or 16 phases
 
 __global__ void __launch_bounds__(kMergeThreads)
     attn_merge_kernel(const float * work, float * out, int64_t n_out, int head_dim, int n_split) {
@@ -458,7 +458,7 @@ __global__ void __launch_bounds__(kMergeThreads)
     s_den[threadIdx.x] = den;
     __syncthreads();
     if (threadIdx.x < head_dim) {
-        for (int ph = 1; ph < n_phase; ++ph) {
+        for (int ph = 1; ph < n_phase; ++ph) {  // n_phase <= 16
             num += s_red[ph * head_dim + d];
             den += s_den[ph * head_dim + d];
         }
