@@ -208,6 +208,20 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
         }
     };
 
+    // Decode computes little per tile and holds only two in shared memory: asking L2 for the tile after
+    // next keeps more of the K/V stream in flight (one 128-byte line of K and one of V per thread).
+    auto prefetch_tile = [&](int tile) {
+        constexpr int lines = D * int(sizeof(__half)) / 128;  // per row
+        for (int c = threadIdx.x; c < kTileN * lines; c += kThreads) {
+            const int j = key_at(tile * kTileN + c / lines);
+            if (j >= 0) {
+                const int64_t off = int64_t(j) * D + (c % lines) * 64;
+                asm volatile("prefetch.global.L2 [%0];" ::"l"(k_head + off));
+                asm volatile("prefetch.global.L2 [%0];" ::"l"(v_head + off));
+            }
+        }
+    };
+
     float m[MT][2];
     float l[MT][2];
     float o[MT][D / 8][4];
@@ -231,6 +245,9 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
         if (tile + 1 < te) {
             load_tile(tile + 1, buf ^ 1);
             cp_async_commit();
+            if (SPLIT_KEYS && tile + 2 < te) {
+                prefetch_tile(tile + 2);
+            }
             cp_async_wait<1>();
         } else {
             cp_async_wait<0>();
