@@ -546,9 +546,10 @@ int attention_cuda_n_split(const attn_cuda_params & p) {
     const int64_t n_ctas = p.n_head_kv * ceil_div(p.n_q * (p.n_head / p.n_head_kv), m_rows);
     const int per_sm =
         !decode ? 2 : (p.head_dim == 64 ? attn_ctas_per_sm<64, true>() : attn_ctas_per_sm<128, true>());
-    const int64_t target   = int64_t(per_sm) * cuda_sm_count();
-    const int64_t by_keys  = std::max<int64_t>(1, p.n_keys_max / ((decode ? 1 : 8) * kTileN));
-    const int64_t n_needed = ceil_div(target, std::max<int64_t>(1, n_ctas));
+    const int64_t target  = int64_t(per_sm) * cuda_sm_count();
+    const int64_t by_keys = std::max<int64_t>(1, p.n_keys_max / ((decode ? 1 : 8) * kTileN));
+    // Rounded down: one CTA past what fits at once would run as a second wave of its own.
+    const int64_t n_needed = target / std::max<int64_t>(1, n_ctas);
     return int(std::clamp<int64_t>(std::min(n_needed, by_keys), 1, 128));
 }
 
