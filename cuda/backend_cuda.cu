@@ -68,6 +68,16 @@ void * device_alloc(size_t bytes, const char * what) {
     return p;
 }
 
+// Waits for stream, then returns the unused memory of the stream-ordered allocator's pool to the device.
+void trim_memory_pool(cudaStream_t stream) {
+    cudaMemPool_t pool = nullptr;
+    int dev            = 0;
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    CUDA_CHECK(cudaGetDevice(&dev));
+    CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, dev));
+    CUDA_CHECK(cudaMemPoolTrimTo(pool, 0));
+}
+
 // cudaMallocAsync on stream; when the pool cannot grow, it returns its unused memory to the device and
 // tries once more before throwing like device_alloc.
 void * device_alloc_async(size_t bytes, const char * what, cudaStream_t stream) {
@@ -78,12 +88,7 @@ void * device_alloc_async(size_t bytes, const char * what, cudaStream_t stream) 
     cudaError_t err = cudaMallocAsync(&p, bytes, stream);
     if (err != cudaSuccess) {
         cudaGetLastError();
-        cudaMemPool_t pool = nullptr;
-        int dev            = 0;
-        CUDA_CHECK(cudaStreamSynchronize(stream));
-        CUDA_CHECK(cudaGetDevice(&dev));
-        CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, dev));
-        CUDA_CHECK(cudaMemPoolTrimTo(pool, 0));
+        trim_memory_pool(stream);
         err = cudaMallocAsync(&p, bytes, stream);
     }
     if (err != cudaSuccess) {
@@ -592,13 +597,7 @@ void backend_cuda::kv_clear() {
         h.pos      = std::vector<int32_t>();
     }
     gather_mem_.release();
-    // Give the freed cache back to the device, not just to the allocator's pool.
-    cudaMemPool_t pool = nullptr;
-    int dev            = 0;
-    CUDA_CHECK(cudaStreamSynchronize(stream_));
-    CUDA_CHECK(cudaGetDevice(&dev));
-    CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, dev));
-    CUDA_CHECK(cudaMemPoolTrimTo(pool, 0));
+    trim_memory_pool(stream_);  // the freed cache goes back to the device, not just to the pool
 }
 
 size_t backend_cuda::kv_bytes() const {
