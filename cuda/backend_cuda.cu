@@ -16,7 +16,6 @@
 #include "ops.cuh"
 #include "quant_matvec.cuh"
 #include "quants.h"
-#include "rope.cuh"
 #ifdef TCA_HAVE_CUBLAS
 #include "matmul.cuh"
 #endif
@@ -31,8 +30,6 @@ constexpr double k_mib = 1024.0 * 1024.0;
 // longer ones through cuBLAS (the weight dequantized to fp16 once per call).
 constexpr int64_t k_matvec_max_tokens = 4;
 #endif
-// KV heads written by one launch of rope_store_kernel (its pointers travel as a kernel parameter).
-constexpr int k_store_heads = 32;
 // A head of n entries is allocated with room for kv_capacity(n): n plus 1/16, rounded up to a 256-entry
 // step. A head that fills up is reallocated (and its rows copied) at the capacity of what it needs, so a
 // dense head is copied once per n/16 appended tokens: 16 rows per token against the n rows that every
@@ -126,51 +123,6 @@ class device_buffer {
     void * p_     = nullptr;
     size_t bytes_ = 0;
 };
-
-// Destinations of one layer's K/V rows for up to k_store_heads heads.
-struct kv_store_dst {
-    __half * k[k_store_heads];
-    __half * v[k_store_heads];
-};
-
-// One launch of rope_append for the KV heads [h0, h0 + n_heads): q [n, n_head_q] rotated in place (n_head_q
-// is 0 but for the first launch); k [n, n_head_kv] of those heads rotated in place and stored with v to
-// dst.k[h][t, :], dst.v[h][t, :] in fp16. One thread per q pair, per k pair slot (slot j < n_rot/2 rotates
-// pair j, a later slot copies two unrotated dims) and per v value.
-__global__ void rope_store_kernel(float * q, int n_head_q, float * k, const float * v, int64_t n,
-                                  int n_head_kv, int h0, int n_heads, rope_params r, kv_store_dst dst) {
-    const int half    = r.n_rot / 2;
-    const int slots   = r.head_dim / 2;
-    const int64_t n_q = n * n_head_q * half;
-    const int64_t n_k = n * n_heads * slots;
-    const int64_t n_v = n * n_heads * r.head_dim;
-    const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (idx < n_q) {
-        const int64_t th = idx / half;  // token * n_head_q + head
-        rope_pair(r, th / n_head_q, int(idx % half), q + th * r.head_dim);
-    } else if (idx < n_q + n_k) {
-        const int64_t i = idx - n_q;
-        const int j     = int(i % slots);
-        const int h     = int(i / slots % n_heads);
-        const int64_t t = i / (int64_t(slots) * n_heads);
-        float * kr      = k + (t * n_head_kv + h0 + h) * r.head_dim;
-        __half * kd     = dst.k[h] + t * r.head_dim;
-        int i0          = r.n_rot + 2 * (j - half);
-        int i1          = i0 + 1;
-        if (j < half) {
-            rope_pair(r, t, j, kr);
-            rope_dims(r, j, i0, i1);
-        }
-        kd[i0] = __float2half_rn(kr[i0]);
-        kd[i1] = __float2half_rn(kr[i1]);
-    } else if (idx < n_q + n_k + n_v) {
-        const int64_t i              = idx - n_q - n_k;
-        const int d                  = int(i % r.head_dim);
-        const int h                  = int(i / r.head_dim % n_heads);
-        const int64_t t              = i / (int64_t(r.head_dim) * n_heads);
-        dst.v[h][t * r.head_dim + d] = __float2half_rn(v[(t * n_head_kv + h0 + h) * r.head_dim + d]);
-    }
-}
 
 // out[j, :] = src[idx[j], :] for j < n, rows of head_dim values, for K and V at once.
 __global__ void kv_gather_kernel(const __half * k, const __half * v, const int32_t * idx, int64_t n,
@@ -522,11 +474,8 @@ void backend_cuda::rope_append(int il, float * q, float * k, const float * v, in
                         rope_freqs_,
                         static_cast<const int32_t *>(pos_mem_.get()),
                         hp_.rope == rope_style::adjacent};
-    if (r.n_rot <= 0 || r.n_rot % 2 != 0 || r.n_rot > r.head_dim) {
-        fail("device 'cuda': n_rot %d must be even and within head_dim %d", r.n_rot, r.head_dim);
-    }
-    for (int h0 = 0; h0 < hp_.n_head_kv; h0 += k_store_heads) {
-        const int n_heads = std::min(k_store_heads, hp_.n_head_kv - h0);
+    for (int h0 = 0; h0 < hp_.n_head_kv; h0 += kRopeStoreHeads) {
+        const int n_heads = std::min(kRopeStoreHeads, hp_.n_head_kv - h0);
         kv_store_dst dst{};
         for (int j = 0; j < n_heads; ++j) {
             kv_head_cuda & h = head(il, h0 + j);
@@ -534,12 +483,7 @@ void backend_cuda::rope_append(int il, float * q, float * k, const float * v, in
             dst.k[j] = h.k + h.n * hp_.head_dim;
             dst.v[j] = h.v + h.n * hp_.head_dim;
         }
-        const int n_head_q = h0 == 0 ? hp_.n_head : 0;
-        const int64_t n_threads =
-            n * (int64_t(n_head_q) * (r.n_rot / 2) + int64_t(n_heads) * (r.head_dim / 2 + r.head_dim));
-        rope_store_kernel<<<unsigned(ceil_div(n_threads, 256)), 256, 0, stream_>>>(
-            q, n_head_q, k, v, n, hp_.n_head_kv, h0, n_heads, r, dst);
-        CUDA_CHECK_LAUNCH("rope_store_kernel");
+        rope_store_cuda(q, h0 == 0 ? hp_.n_head : 0, k, v, n, hp_.n_head_kv, h0, n_heads, r, dst, stream_);
     }
     for (int ih = 0; ih < hp_.n_head_kv; ++ih) {
         kv_head_cuda & h = head(il, ih);

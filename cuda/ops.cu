@@ -97,23 +97,41 @@ __global__ void swiglu_kernel(float * gate, const float * up, int64_t n) {
     }
 }
 
-// One thread per (token, head, pair) of q [n_tok, n_head_q] and then of k [n_tok, n_head_k].
-__global__ void rope_kernel(float * q, int n_head_q, float * k, int n_head_k, int64_t n_tok, rope_params r) {
+// rope_store_cuda: one thread per q pair, per k pair slot (slot j < n_rot/2 rotates pair j, a later slot
+// copies two unrotated dims) and per v value.
+__global__ void rope_store_kernel(float * q, int n_head_q, float * k, const float * v, int64_t n,
+                                  int n_head_kv, int h0, int n_heads, rope_params r, kv_store_dst dst) {
     const int half    = r.n_rot / 2;
-    const int64_t n_q = n_tok * n_head_q * half;
-    int64_t idx       = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    float * x         = q;
-    int n_head        = n_head_q;
-    if (idx >= n_q) {
-        idx -= n_q;
-        x      = k;
-        n_head = n_head_k;
-        if (idx >= n_tok * n_head_k * half) {
-            return;
+    const int slots   = r.head_dim / 2;
+    const int64_t n_q = n * n_head_q * half;
+    const int64_t n_k = n * n_heads * slots;
+    const int64_t n_v = n * n_heads * r.head_dim;
+    const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (idx < n_q) {
+        const int64_t th = idx / half;  // token * n_head_q + head
+        rope_pair(r, th / n_head_q, int(idx % half), q + th * r.head_dim);
+    } else if (idx < n_q + n_k) {
+        const int64_t i = idx - n_q;
+        const int j     = int(i % slots);
+        const int h     = int(i / slots % n_heads);
+        const int64_t t = i / (int64_t(slots) * n_heads);
+        float * kr      = k + (t * n_head_kv + h0 + h) * r.head_dim;
+        __half * kd     = dst.k[h] + t * r.head_dim;
+        int i0          = r.n_rot + 2 * (j - half);
+        int i1          = i0 + 1;
+        if (j < half) {
+            rope_pair(r, t, j, kr);
+            rope_dims(r, j, i0, i1);
         }
+        kd[i0] = __float2half_rn(kr[i0]);
+        kd[i1] = __float2half_rn(kr[i1]);
+    } else if (idx < n_q + n_k + n_v) {
+        const int64_t i              = idx - n_q - n_k;
+        const int d                  = int(i % r.head_dim);
+        const int h                  = int(i / r.head_dim % n_heads);
+        const int64_t t              = i / (int64_t(r.head_dim) * n_heads);
+        dst.v[h][t * r.head_dim + d] = __float2half_rn(v[(t * n_head_kv + h0 + h) * r.head_dim + d]);
     }
-    const int64_t th = idx / half;  // token * n_head + head
-    rope_pair(r, th / n_head, int(idx % half), x + th * r.head_dim);
 }
 
 constexpr int kBlock = 256;
@@ -174,19 +192,23 @@ void swiglu_cuda(float * gate, const float * up, int64_t n, cudaStream_t stream)
     CUDA_CHECK_LAUNCH("swiglu_kernel");
 }
 
-void rope_cuda(float * q, int n_head_q, float * k, int n_head_k, int64_t n_tok, int head_dim, int n_rot,
-               const int32_t * pos, float base, float scale, const float * freq_factors, bool adjacent,
-               cudaStream_t stream) {
-    if (n_rot <= 0 || n_rot % 2 != 0 || n_rot > head_dim) {
-        fail("rope_cuda: n_rot %d must be even and within head_dim %d", n_rot, head_dim);
+void rope_store_cuda(float * q, int n_head_q, float * k, const float * v, int64_t n, int n_head_kv, int h0,
+                     int n_heads, const rope_params & r, const kv_store_dst & dst, cudaStream_t stream) {
+    if (r.n_rot <= 0 || r.n_rot % 2 != 0 || r.n_rot > r.head_dim || r.head_dim % 2 != 0) {
+        fail("rope_store_cuda: n_rot %d must be even and within the even head_dim %d", r.n_rot, r.head_dim);
     }
-    const int64_t n = n_tok * (n_head_q + n_head_k) * (n_rot / 2);
-    if (n <= 0) {
+    if (n_heads < 0 || n_heads > kRopeStoreHeads || h0 < 0 || h0 + n_heads > n_head_kv) {
+        fail("rope_store_cuda: heads [%d, %d) outside [0, %d) or more than %d", h0, h0 + n_heads, n_head_kv,
+             kRopeStoreHeads);
+    }
+    const int64_t n_threads =
+        n * (int64_t(n_head_q) * (r.n_rot / 2) + int64_t(n_heads) * (r.head_dim / 2 + r.head_dim));
+    if (n_threads <= 0) {
         return;
     }
-    const rope_params r{head_dim, n_rot, base, scale, freq_factors, pos, adjacent};
-    rope_kernel<<<grid_for(n), kBlock, 0, stream>>>(q, n_head_q, k, n_head_k, n_tok, r);
-    CUDA_CHECK_LAUNCH("rope_kernel");
+    rope_store_kernel<<<grid_for(n_threads), kBlock, 0, stream>>>(q, n_head_q, k, v, n, n_head_kv, h0,
+                                                                  n_heads, r, dst);
+    CUDA_CHECK_LAUNCH("rope_store_kernel");
 }
 
 }  // namespace tca

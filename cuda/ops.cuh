@@ -2,6 +2,7 @@
 // All pointers are device memory; activations are fp32 row-major.
 #pragma once
 
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -22,12 +23,31 @@ void add_rms_norm_cuda(float * x, const float * y, const float * g, float eps, i
 // gate = silu(gate) * up over n values
 void swiglu_cuda(float * gate, const float * up, int64_t n, cudaStream_t stream);
 
-// Rotates the first n_rot dims of every head in place: q [n_tok, n_head_q, head_dim] and k [n_tok, n_head_k,
-// head_dim] (k may be null when n_head_k is 0), pos [n_tok]. The angle of pair i is pos * scale *
-// base^(-2i/n_rot) / freq_factors[i] (freq_factors [n_rot/2] or null), in double precision like the CPU
-// tables. Pairs are (2i, 2i+1) when adjacent, else (i, i + n_rot/2).
-void rope_cuda(float * q, int n_head_q, float * k, int n_head_k, int64_t n_tok, int head_dim, int n_rot,
-               const int32_t * pos, float base, float scale, const float * freq_factors, bool adjacent,
-               cudaStream_t stream);
+// RoPE with the CPU's rule (engine/ops.h): pair i of a head is rotated by the angle
+// pos * scale * base^(-2i/n_rot) / freq_factors[i], computed in double precision like the CPU tables.
+// Pairs are dims (2i, 2i+1) when adjacent, else (i, i + n_rot/2); dims from n_rot on are not rotated.
+struct rope_params {
+    int head_dim;
+    int n_rot;  // even, <= head_dim
+    float base;
+    float scale;
+    const float * freq_factors;  // [n_rot/2] or null
+    const int32_t * pos;         // [n_tok] device
+    bool adjacent;
+};
+
+// Where rope_store_cuda writes: fp16 rows of K and V for up to kRopeStoreHeads KV heads.
+constexpr int kRopeStoreHeads = 32;
+struct kv_store_dst {
+    __half * k[kRopeStoreHeads];
+    __half * v[kRopeStoreHeads];
+};
+
+// One launch for the KV heads [h0, h0 + n_heads) (n_heads <= kRopeStoreHeads): rotates q [n, n_head_q,
+// head_dim] in place (pass n_head_q = 0 to leave q alone), rotates those heads of k [n, n_head_kv,
+// head_dim] in place, and stores their k and v rows in fp16 at dst.k[h] + t * head_dim and dst.v[h] +
+// t * head_dim for token t and head h0 + h. Throws tca::error for a bad n_rot or head count.
+void rope_store_cuda(float * q, int n_head_q, float * k, const float * v, int64_t n, int n_head_kv, int h0,
+                     int n_heads, const rope_params & r, const kv_store_dst & dst, cudaStream_t stream);
 
 }  // namespace tca

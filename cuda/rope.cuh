@@ -1,24 +1,13 @@
-// RoPE on the device, with the CPU's rule (engine/ops.h): pair i of a head is rotated by the angle
-// pos * scale * base^(-2i/n_rot) / freq_factors[i], computed in double precision like the CPU tables.
-// Pairs are dims (2i, 2i+1) when adjacent, else (i, i + n_rot/2); dims from n_rot on are not rotated.
-// Device code only: included by the .cu files of the rope kernels.
+// RoPE on the device (rope_params in ops.cuh gives the rule). Device code only: included by ops.cu.
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <cstdint>
 
-namespace tca {
+#include "ops.cuh"
 
-struct rope_params {
-    int head_dim;
-    int n_rot;
-    float base;
-    float scale;
-    const float * freq_factors;  // [n_rot/2] or null
-    const int32_t * pos;         // [n_tok] device
-    bool adjacent;
-};
+namespace tca {
 
 // The dims of pair i.
 __device__ __forceinline__ void rope_dims(const rope_params & r, int i, int & i0, int & i1) {

@@ -405,34 +405,52 @@ f32_array py_rms_norm(const f32_array & x, const f32_array & g, float eps) {
     return res;
 }
 
-// Rotates q [n_tok, n_head_q, head_dim] and, when given, k [n_tok, n_head_k, head_dim] in one launch.
-py::tuple py_rope(const f32_array & q, const i32_array & pos, int n_rot, float base, float scale,
-                  const std::optional<f32_array> & freq_factors, bool adjacent,
-                  const std::optional<f32_array> & k) {
-    if (q.ndim() != 3 || pos.size() != q.shape(0)) {
-        fail("rope: q [n_tok, n_head, head_dim] and pos [n_tok] expected");
-    }
-    if (k && (k->ndim() != 3 || k->shape(0) != q.shape(0) || k->shape(2) != q.shape(2))) {
-        fail("rope: k must be [n_tok, n_head_k, head_dim] like q");
+// rope_store_cuda as the backend runs it (launches of up to kRopeStoreHeads KV heads) on q [n, n_head, d],
+// k and v [n, n_head_kv, d]: returns (q and k rotated, and K and V as stored, fp16 [n_head_kv, n, d]).
+py::tuple py_rope_store(const f32_array & q, const f32_array & k, const f32_array & v, const i32_array & pos,
+                        int n_rot, float base, float scale, const std::optional<f32_array> & freq_factors,
+                        bool adjacent) {
+    if (q.ndim() != 3 || k.ndim() != 3 || v.ndim() != 3 || pos.size() != q.shape(0) ||
+        k.shape(0) != q.shape(0) || k.shape(2) != q.shape(2) || v.shape(0) != k.shape(0) ||
+        v.shape(1) != k.shape(1) || v.shape(2) != k.shape(2)) {
+        fail("rope_store: q [n, n_head, d], k and v [n, n_head_kv, d] and pos [n] expected");
     }
     if (freq_factors && freq_factors->size() != n_rot / 2) {
-        fail("rope: %lld freq_factors for n_rot %d", (long long)freq_factors->size(), n_rot);
+        fail("rope_store: %lld freq_factors for n_rot %d", (long long)freq_factors->size(), n_rot);
     }
+    const int64_t n     = q.shape(0);
+    const int n_head_kv = int(k.shape(1));
+    const int d         = int(q.shape(2));
     dbuf<int32_t> dpos(pos.data(), size_t(pos.size()));
     dbuf<float> dff(freq_factors ? freq_factors->data() : nullptr,
                     freq_factors ? size_t(freq_factors->size()) : 0);
     dbuf<float> dq(q.data(), size_t(q.size()));
-    dbuf<float> dk(k ? k->data() : nullptr, k ? size_t(k->size()) : 0);
-    rope_cuda(dq.p, int(q.shape(1)), k ? dk.p : nullptr, k ? int(k->shape(1)) : 0, q.shape(0),
-              int(q.shape(2)), n_rot, dpos.p, base, scale, freq_factors ? dff.p : nullptr, adjacent, nullptr);
-    f32_array rq(std::vector<py::ssize_t>(q.shape(), q.shape() + 3));
-    dq.download(rq.mutable_data());
-    if (!k) {
-        return py::make_tuple(rq, py::none());
+    dbuf<float> dk(k.data(), size_t(k.size()));
+    dbuf<float> dv(v.data(), size_t(v.size()));
+    dbuf<__half> kc(size_t(k.size()));
+    dbuf<__half> vc(size_t(v.size()));
+    kc.poison();
+    vc.poison();
+    const rope_params r{d, n_rot, base, scale, freq_factors ? dff.p : nullptr, dpos.p, adjacent};
+    for (int h0 = 0; h0 < n_head_kv; h0 += kRopeStoreHeads) {
+        const int n_heads = std::min(kRopeStoreHeads, n_head_kv - h0);
+        kv_store_dst dst{};
+        for (int j = 0; j < n_heads; ++j) {
+            dst.k[j] = kc.p + int64_t(h0 + j) * n * d;
+            dst.v[j] = vc.p + int64_t(h0 + j) * n * d;
+        }
+        rope_store_cuda(dq.p, h0 == 0 ? int(q.shape(1)) : 0, dk.p, dv.p, n, n_head_kv, h0, n_heads, r, dst,
+                        nullptr);
     }
-    f32_array rk(std::vector<py::ssize_t>(k->shape(), k->shape() + 3));
+    f32_array rq(std::vector<py::ssize_t>(q.shape(), q.shape() + 3));
+    f32_array rk(std::vector<py::ssize_t>(k.shape(), k.shape() + 3));
+    py::array rkc(py::dtype("float16"), {py::ssize_t(n_head_kv), py::ssize_t(n), py::ssize_t(d)});
+    py::array rvc(py::dtype("float16"), {py::ssize_t(n_head_kv), py::ssize_t(n), py::ssize_t(d)});
+    dq.download(rq.mutable_data());
     dk.download(rk.mutable_data());
-    return py::make_tuple(rq, rk);
+    kc.download(rkc.mutable_data());
+    vc.download(rvc.mutable_data());
+    return py::make_tuple(rq, rk, rkc, rvc);
 }
 
 // x += y, out = rms_norm(x) * g: returns (x, out).
@@ -563,9 +581,9 @@ void bind_cuda(py::module_ & m) {
     m.def("cuda_matmul", &py_matmul, py::arg("type"), py::arg("data"), py::arg("n_in"), py::arg("x"));
 #endif
     m.def("cuda_rms_norm", &py_rms_norm, py::arg("x"), py::arg("g"), py::arg("eps"));
-    m.def("cuda_rope", &py_rope, py::arg("x"), py::arg("pos"), py::arg("n_rot"), py::arg("base"),
-          py::arg("scale"), py::arg("freq_factors") = py::none(), py::arg("adjacent"),
-          py::arg("k") = py::none());
+    m.def("cuda_rope_store", &py_rope_store, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("pos"),
+          py::arg("n_rot"), py::arg("base"), py::arg("scale"), py::arg("freq_factors") = py::none(),
+          py::arg("adjacent"));
     m.def("cuda_swiglu", [](const f32_array & gate, const f32_array & up) {
         if (gate.size() != up.size()) {
             fail("swiglu: gate and up sizes differ");

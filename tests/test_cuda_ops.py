@@ -415,15 +415,17 @@ def test_add_rms_norm(n_cols):
 
 @pytest.mark.parametrize("adjacent", [True, False])
 @pytest.mark.parametrize("with_factors", [True, False])
-def test_rope(adjacent, with_factors):
+@pytest.mark.parametrize("n_head_kv", [2, 35])  # 35: two launches of at most 32 KV heads
+def test_rope_store(adjacent, with_factors, n_head_kv):
+    """RoPE of q and k (n_rot 48 of head_dim 64: the last 16 dims stay) and the fp16 K/V store, one launch."""
     rng = np.random.default_rng(2)
     n_tok, n_head, d, n_rot, base, scale = 9, 5, 64, 48, 500000.0, 0.5
-    x = rng.standard_normal((n_tok, n_head, d)).astype(np.float32)
+    q = rng.standard_normal((n_tok, n_head, d)).astype(np.float32)
+    k = rng.standard_normal((n_tok, n_head_kv, d)).astype(np.float32)
+    v = rng.standard_normal((n_tok, n_head_kv, d)).astype(np.float32)
     pos = rng.integers(0, 130000, n_tok).astype(np.int32)
     ff = rng.uniform(1, 8, n_rot // 2).astype(np.float32) if with_factors else None
-    k = rng.standard_normal((n_tok, 2, d)).astype(np.float32)
-    out, k_out = _core.cuda_rope(x, pos, n_rot, base, scale, ff, adjacent, k=k)
-    assert _core.cuda_rope(x, pos, n_rot, base, scale, ff, adjacent)[1] is None
+    q_out, k_out, k_cache, v_cache = _core.cuda_rope_store(q, k, v, pos, n_rot, base, scale, ff, adjacent)
     half = n_rot // 2
     inv = base ** (-2.0 * np.arange(half) / n_rot) * scale
     if ff is not None:
@@ -439,8 +441,11 @@ def test_rope(adjacent, with_factors):
         ref[..., i0], ref[..., i1] = a * c - b * s, a * s + b * c
         return ref
 
-    assert rel_err(out, rotated(x)) < 1e-6
+    assert rel_err(q_out, rotated(q)) < 1e-6
     assert rel_err(k_out, rotated(k)) < 1e-6
+    np.testing.assert_array_equal(k_out[..., n_rot:], k[..., n_rot:])
+    np.testing.assert_array_equal(k_cache, k_out.astype(np.float16).transpose(1, 0, 2))
+    np.testing.assert_array_equal(v_cache, v.astype(np.float16).transpose(1, 0, 2))
 
 
 def test_swiglu_add_bias():
