@@ -78,6 +78,7 @@ struct attn_sink {
 
 template <int D, bool SPLIT_KEYS>
 __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p, int n_split) {
+    pdl_trigger();  // the output projection's CTAs may start (they wait for this kernel to end)
     using C          = attn_cfg<D, SPLIT_KEYS>;
     constexpr int MT = C::MT;
     extern __shared__ __align__(16) unsigned char smem[];
@@ -441,6 +442,7 @@ constexpr int kMergeThreads = 1024;  // a multiple of head_dim (64 or 128): 8 or
 
 __global__ void __launch_bounds__(kMergeThreads)
     attn_merge_kernel(const float * work, float * out, int64_t n_out, int head_dim, int n_split) {
+    pdl_trigger();
     __shared__ float s_red[kMergeThreads];
     __shared__ float s_den[kMergeThreads];
     const int64_t row = blockIdx.x;

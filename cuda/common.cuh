@@ -25,6 +25,25 @@ inline void cuda_check(cudaError_t err, const char * what, const char * file, in
 // Number of multiprocessors of the current device (read once per process and device).
 int cuda_sm_count();
 
+// Programmatic dependent launch (compute capability 9.0+): a kernel launched with
+// launch_attrs(pdl = true) may start while the previous kernel in the stream still runs; it must call
+// pdl_wait() before it reads anything that kernel wrote or writes anything it reads. A short kernel calls
+// pdl_trigger() first thing, to let such a successor start at once (the successor's pdl_wait still waits
+// for the whole kernel). Both are no-ops on older devices.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}
+
+// Whether the current device runs programmatic dependent launches (read once per process and device).
+bool cuda_pdl_supported();
+
 inline int64_t ceil_div(int64_t a, int64_t b) {
     return (a + b - 1) / b;
 }

@@ -42,6 +42,7 @@ __device__ __forceinline__ float4 f4_scale(float4 a, float s, float4 g) {
 template <bool ADD>
 __global__ void rms_norm_kernel(float * x, const float * y, const float * g, float eps, int64_t n_cols,
                                 float * out) {
+    pdl_trigger();
     float * xr       = x + int64_t(blockIdx.x) * n_cols;
     const float * yr = ADD ? y + int64_t(blockIdx.x) * n_cols : nullptr;
     float * outr     = out + int64_t(blockIdx.x) * n_cols;
@@ -142,18 +143,31 @@ unsigned grid_for(int64_t n) {
 
 }  // namespace
 
-int cuda_sm_count() {
-    constexpr int n_max      = 64;
-    static int counts[n_max] = {};
-    int dev                  = 0;
+namespace {
+
+// Reads a device attribute once per process and device.
+int device_attribute(cudaDeviceAttr attr, int (&cache)[64]) {
+    int dev = 0;
     CUDA_CHECK(cudaGetDevice(&dev));
-    if (dev >= n_max) {
-        fail("cuda_sm_count: device %d beyond the %d supported", dev, n_max);
+    if (dev >= 64) {
+        fail("CUDA device %d beyond the 64 supported", dev);
     }
-    if (counts[dev] == 0) {
-        CUDA_CHECK(cudaDeviceGetAttribute(&counts[dev], cudaDevAttrMultiProcessorCount, dev));
+    if (cache[dev] == 0) {
+        CUDA_CHECK(cudaDeviceGetAttribute(&cache[dev], attr, dev));
     }
-    return counts[dev];
+    return cache[dev];
+}
+
+}  // namespace
+
+bool cuda_pdl_supported() {
+    static int major[64] = {};
+    return device_attribute(cudaDevAttrComputeCapabilityMajor, major) >= 9;
+}
+
+int cuda_sm_count() {
+    static int counts[64] = {};
+    return device_attribute(cudaDevAttrMultiProcessorCount, counts);
 }
 
 void rms_norm_cuda(const float * x, const float * g, float eps, int64_t n_rows, int64_t n_cols, float * out,

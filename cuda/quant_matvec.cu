@@ -79,6 +79,7 @@ __device__ __forceinline__ void matvec_accumulate(const uint8_t * const (&rows)[
 // Activations for the integer path: x quantized per 32 elements to int8, qx [n_in], with ds [n_in / 32]
 // = (scale, sum of x) so that sum_e x_e w_e ~ scale * sum_e qx_e w_e. One warp per 32-element block.
 __global__ void quantize_x_q8_kernel(const float * x, int64_t n_blocks, int8_t * qx, float2 * ds) {
+    pdl_trigger();
     const int64_t b = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
     const int lane  = threadIdx.x % 32;
     if (b >= n_blocks) {
@@ -260,6 +261,7 @@ __global__ void __launch_bounds__(32 * kMatvecWarps)
         // Rows past the end re-read the last row (branch-free); their sums are dropped below.
         rows[rr] = sg.w + min(row0 + rr, sg.n_out - 1) * row_bytes;
     }
+    pdl_wait();  // x comes from the previous kernel
     float acc[kMatvecRows] = {};
     matvec_rows<T, kMatvecRows>(rows, n_in, in, acc);
     const float * sum = matvec_reduce<kMatvecRows>(acc);
@@ -283,6 +285,7 @@ __global__ void __launch_bounds__(32 * kMatvecWarps)
         rows[rr]               = gate + row * row_bytes;
         rows[kMatvecRows + rr] = up + row * row_bytes;
     }
+    pdl_wait();
     float acc[R] = {};
     matvec_rows<T, R>(rows, n_in, in, acc);
     const float * sum = matvec_reduce<R>(acc);
@@ -417,6 +420,22 @@ unsigned matvec_threads(int64_t n_in) {
     return unsigned(32 * std::clamp<int64_t>(ceil_div(n_units, 32 * n_passes), 1, kMatvecWarps));
 }
 
+// Launches a matvec kernel, as a programmatic dependent launch where the device has them.
+template <typename... Params, typename... Args>
+void matvec_kernel_launch(void (*kernel)(Params...), unsigned grid, unsigned threads, cudaStream_t stream,
+                          Args... args) {
+    cudaLaunchAttribute attr{};
+    attr.id                                         = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim  = grid;
+    cfg.blockDim = threads;
+    cfg.stream   = stream;
+    cfg.attrs    = &attr;
+    cfg.numAttrs = cuda_pdl_supported() ? 1 : 0;
+    CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, args...));
+}
+
 // Launchers of each kernel for one weight type (see quant_dispatch).
 struct matvec_launch {
     const matvec_segs & segs;
@@ -426,9 +445,8 @@ struct matvec_launch {
     cudaStream_t stream;
     template <ggml_type T>
     void operator()() const {
-        matvec_kernel<T><<<unsigned(segs.s[segs.n - 1].cta_end), matvec_threads<T>(n_in), 0, stream>>>(
-            segs, row_bytes, n_in, in);
-        CUDA_CHECK_LAUNCH("matvec_kernel");
+        matvec_kernel_launch(matvec_kernel<T>, unsigned(segs.s[segs.n - 1].cta_end), matvec_threads<T>(n_in),
+                             stream, segs, row_bytes, n_in, in);
     }
 };
 
@@ -440,11 +458,10 @@ struct matvec_swiglu_launch {
     cudaStream_t stream;
     template <ggml_type T>
     void operator()() const {
-        const auto grid = unsigned(ceil_div(gate.n_out, kMatvecRows));
-        matvec_swiglu_kernel<T><<<grid, matvec_threads<T>(gate.n_in), 0, stream>>>(
-            static_cast<const uint8_t *>(gate.data), static_cast<const uint8_t *>(up.data), gate.row_bytes(),
-            gate.n_in, gate.n_out, in, y);
-        CUDA_CHECK_LAUNCH("matvec_swiglu_kernel");
+        matvec_kernel_launch(matvec_swiglu_kernel<T>, unsigned(ceil_div(gate.n_out, kMatvecRows)),
+                             matvec_threads<T>(gate.n_in), stream, static_cast<const uint8_t *>(gate.data),
+                             static_cast<const uint8_t *>(up.data), gate.row_bytes(), gate.n_in, gate.n_out,
+                             in, y);
     }
 };
 
