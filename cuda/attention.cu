@@ -78,7 +78,8 @@ struct attn_sink {
 
 template <int D, bool SPLIT_KEYS>
 __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p, int n_split) {
-    pdl_trigger();  // the output projection's CTAs may start (they wait for this kernel to end)
+    pdl_trigger();  // the next kernel's CTAs may start (they wait for this kernel to end)
+    pdl_wait();
     using C          = attn_cfg<D, SPLIT_KEYS>;
     constexpr int MT = C::MT;
     extern __shared__ __align__(16) unsigned char smem[];
@@ -443,6 +444,7 @@ constexpr int kMergeThreads = 1024;  // a multiple of head_dim (64 or 128): 8 or
 __global__ void __launch_bounds__(kMergeThreads)
     attn_merge_kernel(const float * work, float * out, int64_t n_out, int head_dim, int n_split) {
     pdl_trigger();
+    pdl_wait();
     __shared__ float s_red[kMergeThreads];
     __shared__ float s_den[kMergeThreads];
     const int64_t row = blockIdx.x;
@@ -496,7 +498,7 @@ void attn_launch(const attn_cuda_params & p, int n_split, cudaStream_t stream) {
         return true;
     }();
     (void)smem_set;
-    attn_kernel<D, SPLIT_KEYS><<<grid, kThreads, C::smem, stream>>>(p, n_split);
+    launch_pdl(attn_kernel<D, SPLIT_KEYS>, grid, kThreads, C::smem, stream, p, n_split);
     CUDA_CHECK_LAUNCH("attn_kernel");
 }
 
@@ -580,8 +582,8 @@ void attention_cuda(const attn_cuda_params & p, cudaStream_t stream) {
     }
     if (n_split > 1) {
         const int64_t n_out = p.n_q * p.n_head;
-        attn_merge_kernel<<<unsigned(n_out), kMergeThreads, 0, stream>>>(p.work, p.out, n_out, p.head_dim,
-                                                                         n_split);
+        launch_pdl(attn_merge_kernel, unsigned(n_out), kMergeThreads, 0, stream,
+                   static_cast<const float *>(p.work), p.out, n_out, p.head_dim, n_split);
         CUDA_CHECK_LAUNCH("attn_merge_kernel");
     }
 }

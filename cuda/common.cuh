@@ -25,11 +25,11 @@ inline void cuda_check(cudaError_t err, const char * what, const char * file, in
 // Number of multiprocessors of the current device (read once per process and device).
 int cuda_sm_count();
 
-// Programmatic dependent launch (compute capability 9.0+): a kernel launched with
-// launch_attrs(pdl = true) may start while the previous kernel in the stream still runs; it must call
-// pdl_wait() before it reads anything that kernel wrote or writes anything it reads. A short kernel calls
-// pdl_trigger() first thing, to let such a successor start at once (the successor's pdl_wait still waits
-// for the whole kernel). Both are no-ops on older devices.
+// Programmatic dependent launch (compute capability 9.0+): a kernel started with launch_pdl may start while
+// the previous kernel in the stream still runs; it must call pdl_wait() before it reads anything that
+// kernel wrote or writes anything it reads. The decode path's kernels call pdl_trigger() first thing, to
+// let their successor's CTAs be scheduled at once (the successor's pdl_wait still waits for the whole
+// kernel and its memory). Both are no-ops on older devices.
 __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -43,6 +43,24 @@ __device__ __forceinline__ void pdl_trigger() {
 
 // Whether the current device runs programmatic dependent launches (read once per process and device).
 bool cuda_pdl_supported();
+
+// Launches kernel<<<grid, block, smem, stream>>>(args...) as a programmatic dependent launch where the
+// device has them: the kernel must pdl_wait() before it touches memory the previous kernel uses.
+template <typename... Params, typename... Args>
+void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                Args... args) {
+    cudaLaunchAttribute attr{};
+    attr.id                                         = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim          = grid;
+    cfg.blockDim         = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream           = stream;
+    cfg.attrs            = &attr;
+    cfg.numAttrs         = cuda_pdl_supported() ? 1 : 0;
+    cuda_check(cudaLaunchKernelEx(&cfg, kernel, args...), "cudaLaunchKernelEx", __FILE__, __LINE__);
+}
 
 inline int64_t ceil_div(int64_t a, int64_t b) {
     return (a + b - 1) / b;

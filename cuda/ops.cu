@@ -43,6 +43,7 @@ template <bool ADD>
 __global__ void rms_norm_kernel(float * x, const float * y, const float * g, float eps, int64_t n_cols,
                                 float * out) {
     pdl_trigger();
+    pdl_wait();
     float * xr       = x + int64_t(blockIdx.x) * n_cols;
     const float * yr = ADD ? y + int64_t(blockIdx.x) * n_cols : nullptr;
     float * outr     = out + int64_t(blockIdx.x) * n_cols;
@@ -102,6 +103,8 @@ __global__ void swiglu_kernel(float * gate, const float * up, int64_t n) {
 // copies two unrotated dims) and per v value.
 __global__ void rope_store_kernel(float * q, int n_head_q, float * k, const float * v, int64_t n,
                                   int n_head_kv, int h0, int n_heads, rope_params r, kv_store_dst dst) {
+    pdl_trigger();
+    pdl_wait();
     const int half    = r.n_rot / 2;
     const int slots   = r.head_dim / 2;
     const int64_t n_q = n * n_head_q * half;
@@ -176,8 +179,8 @@ void rms_norm_cuda(const float * x, const float * g, float eps, int64_t n_rows, 
         return;
     }
     // x is only read (ADD = false): the cast lets both variants share one signature.
-    rms_norm_kernel<false><<<unsigned(n_rows), row_threads(n_cols), 0, stream>>>(
-        const_cast<float *>(x), nullptr, g, eps, n_cols, out);
+    launch_pdl(rms_norm_kernel<false>, unsigned(n_rows), row_threads(n_cols), 0, stream,
+               const_cast<float *>(x), static_cast<const float *>(nullptr), g, eps, n_cols, out);
     CUDA_CHECK_LAUNCH("rms_norm_kernel");
 }
 
@@ -194,7 +197,8 @@ void add_rms_norm_cuda(float * x, const float * y, const float * g, float eps, i
     if (n_rows <= 0 || n_cols <= 0) {
         return;
     }
-    rms_norm_kernel<true><<<unsigned(n_rows), row_threads(n_cols), 0, stream>>>(x, y, g, eps, n_cols, out);
+    launch_pdl(rms_norm_kernel<true>, unsigned(n_rows), row_threads(n_cols), 0, stream, x, y, g, eps, n_cols,
+               out);
     CUDA_CHECK_LAUNCH("add_rms_norm_kernel");
 }
 
@@ -220,8 +224,8 @@ void rope_store_cuda(float * q, int n_head_q, float * k, const float * v, int64_
     if (n_threads <= 0) {
         return;
     }
-    rope_store_kernel<<<grid_for(n_threads), kBlock, 0, stream>>>(q, n_head_q, k, v, n, n_head_kv, h0,
-                                                                  n_heads, r, dst);
+    launch_pdl(rope_store_kernel, grid_for(n_threads), kBlock, 0, stream, q, n_head_q, k, v, n, n_head_kv, h0,
+               n_heads, r, dst);
     CUDA_CHECK_LAUNCH("rope_store_kernel");
 }
 

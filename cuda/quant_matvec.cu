@@ -80,6 +80,7 @@ __device__ __forceinline__ void matvec_accumulate(const uint8_t * const (&rows)[
 // = (scale, sum of x) so that sum_e x_e w_e ~ scale * sum_e qx_e w_e. One warp per 32-element block.
 __global__ void quantize_x_q8_kernel(const float * x, int64_t n_blocks, int8_t * qx, float2 * ds) {
     pdl_trigger();
+    pdl_wait();
     const int64_t b = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
     const int lane  = threadIdx.x % 32;
     if (b >= n_blocks) {
@@ -420,22 +421,6 @@ unsigned matvec_threads(int64_t n_in) {
     return unsigned(32 * std::clamp<int64_t>(ceil_div(n_units, 32 * n_passes), 1, kMatvecWarps));
 }
 
-// Launches a matvec kernel, as a programmatic dependent launch where the device has them.
-template <typename... Params, typename... Args>
-void matvec_kernel_launch(void (*kernel)(Params...), unsigned grid, unsigned threads, cudaStream_t stream,
-                          Args... args) {
-    cudaLaunchAttribute attr{};
-    attr.id                                         = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr.val.programmaticStreamSerializationAllowed = 1;
-    cudaLaunchConfig_t cfg{};
-    cfg.gridDim  = grid;
-    cfg.blockDim = threads;
-    cfg.stream   = stream;
-    cfg.attrs    = &attr;
-    cfg.numAttrs = cuda_pdl_supported() ? 1 : 0;
-    CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, args...));
-}
-
 // Launchers of each kernel for one weight type (see quant_dispatch).
 struct matvec_launch {
     const matvec_segs & segs;
@@ -445,8 +430,8 @@ struct matvec_launch {
     cudaStream_t stream;
     template <ggml_type T>
     void operator()() const {
-        matvec_kernel_launch(matvec_kernel<T>, unsigned(segs.s[segs.n - 1].cta_end), matvec_threads<T>(n_in),
-                             stream, segs, row_bytes, n_in, in);
+        launch_pdl(matvec_kernel<T>, unsigned(segs.s[segs.n - 1].cta_end), matvec_threads<T>(n_in), 0, stream,
+                   segs, row_bytes, n_in, in);
     }
 };
 
@@ -458,10 +443,9 @@ struct matvec_swiglu_launch {
     cudaStream_t stream;
     template <ggml_type T>
     void operator()() const {
-        matvec_kernel_launch(matvec_swiglu_kernel<T>, unsigned(ceil_div(gate.n_out, kMatvecRows)),
-                             matvec_threads<T>(gate.n_in), stream, static_cast<const uint8_t *>(gate.data),
-                             static_cast<const uint8_t *>(up.data), gate.row_bytes(), gate.n_in, gate.n_out,
-                             in, y);
+        launch_pdl(matvec_swiglu_kernel<T>, unsigned(ceil_div(gate.n_out, kMatvecRows)),
+                   matvec_threads<T>(gate.n_in), 0, stream, static_cast<const uint8_t *>(gate.data),
+                   static_cast<const uint8_t *>(up.data), gate.row_bytes(), gate.n_in, gate.n_out, in, y);
     }
 };
 
@@ -548,7 +532,8 @@ matvec_x matvec_input(const qweight_cuda * const * ws, int n, const float * x, v
         const int64_t n_blocks = n_in / 32;
         auto * qx              = static_cast<int8_t *>(work);
         auto * ds              = reinterpret_cast<float2 *>(qx + n_in);
-        quantize_x_q8_kernel<<<unsigned(ceil_div(n_blocks, 8)), 256, 0, stream>>>(x, n_blocks, qx, ds);
+        launch_pdl(quantize_x_q8_kernel, unsigned(ceil_div(n_blocks, 8)), 256, 0, stream, x, n_blocks, qx,
+                   ds);
         CUDA_CHECK_LAUNCH("quantize_x_q8_kernel");
         in.qx = qx;
         in.ds = ds;
