@@ -11,6 +11,7 @@ namespace {
 
 // Row kernels: one CTA per row, whole-row float4 passes (rows of n_cols % 4 == 0; scalar otherwise).
 // Their threads cover a row of 4096 in one float4 each, so a row costs one memory round trip per pass.
+// Rows start 16-byte aligned: every caller passes cudaMalloc'd buffers offset by whole rows.
 __device__ __forceinline__ float block_sum(float v) {
     __shared__ float s_red[32];
     for (int o = 16; o > 0; o /= 2) {
