@@ -8,7 +8,8 @@
 //   decode  (M = 16): the 4 warps share the rows and take a quarter of each tile's keys each, and their
 //                     softmax states are merged in shared memory at the end.
 // The key list may be split over gridDim.z CTAs; their partial results (output normalised within
-// the split, plus its log-sum-exp) go to the workspace and a second kernel merges them.
+// the split, plus its log-sum-exp) go to the workspace and a second kernel merges them. Prefill splits own
+// contiguous ranges of tiles; decode splits take three tiles each and then draw from a counter per KV head.
 #include <algorithm>
 #include <climits>
 
@@ -44,33 +45,26 @@ struct attn_cfg {
 struct attn_sink {
     float * out;
     float * work;
-    int64_t n_q;
-    int n_head;
+    int64_t n_out;         // output rows (queries x heads)
+    const int32_t * orow;  // output row of each local row, -1 for padding rows (shared memory)
     int head_dim;
-    int64_t row0;
-    int n_group;
-    int ig;
     int split;
     int n_split;
 
     // o: accumulated sum of p * v, l: sum of p, m: running max (log2 domain), for local row r, dim d.
     __device__ void emit(int r, int d, float o, float l, float m) const {
-        const int64_t pr = row0 + r;
-        if (pr >= n_q * n_group) {
+        const int64_t row = orow[r];
+        if (row < 0) {
             return;
         }
-        const int64_t i    = pr / n_group;
-        const int64_t h    = int64_t(ig) * n_group + pr % n_group;
-        const int64_t orow = i * n_head + h;
-        const float val    = l > 0.0f ? o / l : 0.0f;  // a query with no key writes zeros, like the CPU
+        const float val = l > 0.0f ? o / l : 0.0f;  // a query with no key writes zeros, like the CPU
         if (n_split == 1) {
-            out[orow * head_dim + d] = val;
+            out[row * head_dim + d] = val;
             return;
         }
-        const int64_t n_out                         = n_q * n_head;
-        work[(split * n_out + orow) * head_dim + d] = val;
+        work[(split * n_out + row) * head_dim + d] = val;
         if (d == 0) {
-            work[int64_t(n_split) * n_out * head_dim + split * n_out + orow] =
+            work[int64_t(n_split) * n_out * head_dim + split * n_out + row] =
                 l > 0.0f ? m + __log2f(l) : -INFINITY;
         }
     }
@@ -90,6 +84,12 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
     // keys lie in every row's range [lo_max, hi_min). Tiles of those need no mask; read from here in the loop
     // rather than held in registers.
     __shared__ int s_ext[8];
+    // Per local row: output row (query * n_head + head, -1 for padding) and key range. Computed once: the
+    // 64-bit divisions by n_group would otherwise cost microseconds in the prologue and the epilogue.
+    __shared__ int32_t s_orow[C::M];
+    __shared__ int32_t s_rlo[C::M];
+    __shared__ int32_t s_rhi[C::M];
+    __shared__ int s_sched[2];  // dynamic tile schedule: the tiles thread 0 fetched, read one step later
 
     const int warp    = threadIdx.x / 32;
     const int lane    = threadIdx.x % 32;
@@ -109,8 +109,16 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
     const int n_extra     = p.extra_offset ? p.extra_offset[ig + 1] - p.extra_offset[ig] : 0;
     const __half * k_head = p.k[ig];
     const __half * v_head = p.v[ig];
+    // Decode splits take tiles from a counter per KV head when there is one (p.tile_next): multiprocessors
+    // stream K/V at different rates, and a fixed share per CTA leaves the launch waiting for the slowest.
+    int * counter      = SPLIT_KEYS && n_split > 1 && p.tile_next ? p.tile_next + ig : nullptr;
+    int pending        = 0;  // thread 0: the counter value fetched one step ago
+    constexpr int kPre = 3;  // tiles every CTA takes before the counter's: split, + n_split, + 2 n_split
+    if (counter && threadIdx.x == 0) {
+        pending = atomicAdd(counter, 1);
+    }
 
-    // The tile's key list: extents of the rows' ranges, and how many extras lie below the largest lo.
+    // The rows' table, and the extents of their key ranges.
     if (threadIdx.x == 0) {
         s_ext[0] = INT_MAX;
         s_ext[1] = INT_MIN;
@@ -119,13 +127,23 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
     }
     __syncthreads();
     for (int r = threadIdx.x; r < C::M; r += kThreads) {
+        int orow = -1;
+        int rl   = 0;
+        int rh   = 0;
         if (row0 + r < n_rows) {
-            const int64_t i = (row0 + r) / n_group;
-            atomicMin(&s_ext[0], lo[i]);
-            atomicMax(&s_ext[1], hi[i]);
-            atomicMax(&s_ext[2], lo[i]);
-            atomicMin(&s_ext[3], hi[i]);
+            const int pr = int(row0 + r);
+            const int i  = pr / n_group;
+            orow         = i * p.n_head + ig * n_group + (pr - i * n_group);
+            rl           = lo[i];
+            rh           = hi[i];
+            atomicMin(&s_ext[0], rl);
+            atomicMax(&s_ext[1], rh);
+            atomicMax(&s_ext[2], rl);
+            atomicMin(&s_ext[3], rh);
         }
+        s_orow[r] = orow;
+        s_rlo[r]  = rl;
+        s_rhi[r]  = rh;
     }
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -148,46 +166,13 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
         s_ext[6]       = n_ex + s_ext[2] - s_ext[0];
         s_ext[7]       = n_ex + min(s_ext[1], s_ext[3]) - s_ext[0];
     }
-
-    // Q rows, pre-scaled into the log2 domain, as fp16 in shared memory.
-    const float q_scale = p.scale * kLog2e;
-    for (int c = threadIdx.x; c < C::M * D / 4; c += kThreads) {
-        const int r      = c / (D / 4);
-        const int d      = (c % (D / 4)) * 4;
-        const int64_t pr = row0 + r;
-        float4 x         = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (pr < n_rows) {
-            const int64_t h = int64_t(ig) * n_group + pr % n_group;
-            x = *reinterpret_cast<const float4 *>(p.q + ((pr / n_group) * p.n_head + h) * D + d);
-        }
-        __half2 * dst = reinterpret_cast<__half2 *>(s_q + r * C::LD + d);
-        dst[0]        = __floats2half2_rn(x.x * q_scale, x.y * q_scale);
-        dst[1]        = __floats2half2_rn(x.z * q_scale, x.w * q_scale);
-    }
     __syncthreads();
     const int qrow0   = SPLIT_KEYS ? 0 : 16 * MT * warp;
     const int lo_min  = s_ext[0];
     const int n_ex    = s_ext[4];
     const int n_dense = max(0, s_ext[1] - lo_min);
     const int n_keys  = n_ex + n_dense;
-
-    // This thread's rows (g and g + 8 of each of its warp's m-tiles): their key ranges; padding rows see
-    // nothing.
-    int rlo[MT][2];
-    int rhi[MT][2];
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const int64_t pr = row0 + qrow0 + 16 * mt + g + 8 * r;
-            rlo[mt][r]       = pr < n_rows ? lo[pr / n_group] : 0;
-            rhi[mt][r]       = pr < n_rows ? hi[pr / n_group] : 0;
-        }
-    }
-
     const int n_tiles = (n_keys + kTileN - 1) / kTileN;
-    const int tb      = int(int64_t(n_tiles) * split / n_split);
-    const int te      = int(int64_t(n_tiles) * (split + 1) / n_split);
 
     auto key_at = [&](int tt) -> int {
         return tt < n_ex ? extra[tt] : (tt < n_keys ? lo_min + tt - n_ex : -1);
@@ -224,6 +209,37 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
         }
     };
 
+    // This CTA's tiles in order: cur (loading), nxt and nn (the next two; -1 past the end). Without a counter
+    // a split owns one contiguous range of tiles.
+    const int tb = counter ? 0 : int(int64_t(n_tiles) * split / n_split);
+    const int te = counter ? 0 : int(int64_t(n_tiles) * (split + 1) / n_split);
+    auto own     = [&](int k) {  // the k-th tile of this CTA, for k < kPre with a counter
+        const int t = counter ? split + k * n_split : tb + k;
+        return t < (counter ? n_tiles : te) ? t : -1;
+    };
+    int cur = own(0);
+    int nxt = SPLIT_KEYS ? own(1) : -1;  // prefill derives it from cur (its registers are all taken)
+    int nn  = SPLIT_KEYS ? own(2) : -1;
+    if (cur >= 0) {
+        load_tile(cur, 0);
+        cp_async_commit();
+    }
+
+    // Q rows, pre-scaled into the log2 domain, as fp16 in shared memory (read while the first tile loads).
+    const float q_scale = p.scale * kLog2e;
+    for (int c = threadIdx.x; c < C::M * D / 4; c += kThreads) {
+        const int r    = c / (D / 4);
+        const int d    = (c % (D / 4)) * 4;
+        const int orow = s_orow[r];
+        float4 x       = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (orow >= 0) {
+            x = *reinterpret_cast<const float4 *>(p.q + int64_t(orow) * D + d);
+        }
+        __half2 * dst = reinterpret_cast<__half2 *>(s_q + r * C::LD + d);
+        dst[0]        = __floats2half2_rn(x.x * q_scale, x.y * q_scale);
+        dst[1]        = __floats2half2_rn(x.z * q_scale, x.w * q_scale);
+    }
+
     float m[MT][2];
     float l[MT][2];
     float o[MT][D / 8][4];
@@ -238,17 +254,25 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
     }
     const int kofs = SPLIT_KEYS ? C::NK * warp : 0;
 
-    if (tb < te) {
-        load_tile(tb, 0);
-        cp_async_commit();
-    }
-    for (int tile = tb; tile < te; ++tile) {
-        const int buf = (tile - tb) & 1;
-        if (tile + 1 < te) {
-            load_tile(tile + 1, buf ^ 1);
+    for (int step = 0;; ++step) {
+        const int tile = SPLIT_KEYS ? cur : tb + step;
+        if (SPLIT_KEYS ? tile < 0 : tile >= te) {
+            break;
+        }
+        const int buf = step & 1;
+        if (!SPLIT_KEYS) {
+            nxt = tile + 1 < te ? tile + 1 : -1;
+        }
+        if (counter && threadIdx.x == 0) {  // publish the tile fetched last step; fetch the one after
+            const int t       = kPre * n_split + pending;
+            s_sched[step & 1] = t < n_tiles ? t : -1;
+            pending           = t < n_tiles ? atomicAdd(counter, 1) : pending;
+        }
+        if (nxt >= 0) {
+            load_tile(nxt, buf ^ 1);
             cp_async_commit();
-            if (SPLIT_KEYS && tile + 2 < te) {
-                prefetch_tile(tile + 2);
+            if (SPLIT_KEYS && nn >= 0) {
+                prefetch_tile(nn);
             }
             cp_async_wait<1>();
         } else {
@@ -304,8 +328,12 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
                     const bool ext = t0 + col < n_ex;
 #pragma unroll
                     for (int mt = 0; mt < MT; ++mt) {
-                        const bool vis =
-                            key >= 0 && (ext ? key < rlo[mt][r] : (key >= rlo[mt][r] && key < rhi[mt][r]));
+                        // The row's key range (padding rows see nothing), from shared memory: registers are
+                        // all taken in prefill, and only tiles on a range edge come here.
+                        const int row  = qrow0 + 16 * mt + g + 8 * r;
+                        const int rl   = s_rlo[row];
+                        const int rh   = s_rhi[row];
+                        const bool vis = key >= 0 && (ext ? key < rl : (key >= rl && key < rh));
                         if (!vis) {
                             s[mt][j][e] = -INFINITY;
                         }
@@ -369,6 +397,11 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
             }
         }
         __syncthreads();  // the next iteration's load overwrites this buffer
+        if (SPLIT_KEYS) {
+            cur = nxt;
+            nxt = nn;
+            nn  = counter ? s_sched[step & 1] : own(step + 3);
+        }
     }
 
 #pragma unroll
@@ -380,7 +413,7 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
         }
     }
 
-    const attn_sink sink{p.out, p.work, p.n_q, p.n_head, D, row0, n_group, ig, split, n_split};
+    const attn_sink sink{p.out, p.work, p.n_q * p.n_head, s_orow, D, split, n_split};
     if (!SPLIT_KEYS) {
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
@@ -437,53 +470,72 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
 }
 
 // out[row] = sum_s w_s o_s / sum_s w_s with w_s = 2^(lse_s - max lse); one CTA of kMergeThreads per output
-// row, its threads taking (dim, every n_phase-th split): a decode step merges ~50 splits of only 32 rows, so
-// the splits are spread over the threads rather than walked one round trip at a time.
-constexpr int kMergeThreads = 1024;  // a multiple of head_dim (64 or 128): 8 or 16 phases
+// row. A group of head_dim / 4 threads (one float4 of the row each) walks every n_phase-th split with its
+// own running maximum, so that the splits of a decode step (~50) are read in a few round trips and the
+// phases meet once, in shared memory. CTA 0 also rezeroes the tile counters of the dynamic schedule.
+constexpr int kMergeThreads = 256;
 
 __global__ void __launch_bounds__(kMergeThreads)
-    attn_merge_kernel(const float * work, float * out, int64_t n_out, int head_dim, int n_split) {
+    attn_merge_kernel(const float * work, float * out, int64_t n_out, int head_dim, int n_split,
+                      int * tile_next, int n_counters) {
     pdl_trigger();
     pdl_wait();
-    __shared__ float s_red[kMergeThreads];
+    __shared__ float4 s_num[kMergeThreads];
+    __shared__ float s_max[kMergeThreads];
     __shared__ float s_den[kMergeThreads];
-    const int64_t row = blockIdx.x;
-    const float * lse = work + int64_t(n_split) * n_out * head_dim;
-    float mx          = -INFINITY;
-    for (int s = threadIdx.x; s < n_split; s += kMergeThreads) {
-        mx = fmaxf(mx, lse[s * n_out + row]);
-    }
-    s_red[threadIdx.x] = mx;
-    __syncthreads();
-    for (int w = kMergeThreads / 2; w > 0; w /= 2) {
-        if (threadIdx.x < w) {
-            s_red[threadIdx.x] = fmaxf(s_red[threadIdx.x], s_red[threadIdx.x + w]);
-        }
-        __syncthreads();
-    }
-    mx = s_red[0];
-    __syncthreads();
-    const int d       = threadIdx.x % head_dim;
-    const int n_phase = kMergeThreads / head_dim;
-    float num         = 0.0f;
-    float den         = 0.0f;
-    if (mx != -INFINITY) {
-#pragma unroll 8
-        for (int s = threadIdx.x / head_dim; s < n_split; s += n_phase) {
-            const float w = fast_exp2(lse[s * n_out + row] - mx);
-            num += w * work[(s * n_out + row) * head_dim + d];
-            den += w;
+    if (blockIdx.x == 0 && tile_next) {
+        for (int i = threadIdx.x; i < n_counters; i += kMergeThreads) {
+            tile_next[i] = 0;
         }
     }
-    s_red[threadIdx.x] = num;
+    const int64_t row   = blockIdx.x;
+    const float * lse   = work + int64_t(n_split) * n_out * head_dim;
+    const int per_phase = head_dim / 4;  // 16 or 32 threads
+    const int n_phase   = kMergeThreads / per_phase;
+    const int phase     = threadIdx.x / per_phase;
+    const int d4        = threadIdx.x % per_phase;
+    float mx            = -INFINITY;
+    float den           = 0.0f;
+    float4 num          = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 4
+    for (int s = phase; s < n_split; s += n_phase) {
+        const float ls = lse[s * n_out + row];
+        const float4 o = reinterpret_cast<const float4 *>(work + (s * n_out + row) * head_dim)[d4];
+        if (ls == -INFINITY) {
+            continue;  // a split without keys for this row
+        }
+        const float nmx = fmaxf(mx, ls);
+        const float a   = fast_exp2(mx - nmx);  // 0 while mx is still -inf
+        const float w   = fast_exp2(ls - nmx);
+        mx              = nmx;
+        den             = den * a + w;
+        num = make_float4(num.x * a + w * o.x, num.y * a + w * o.y, num.z * a + w * o.z, num.w * a + w * o.w);
+    }
+    s_num[threadIdx.x] = num;
+    s_max[threadIdx.x] = mx;
     s_den[threadIdx.x] = den;
     __syncthreads();
-    if (threadIdx.x < head_dim) {
-        for (int ph = 1; ph < n_phase; ++ph) {  // n_phase <= 16
-            num += s_red[ph * head_dim + d];
-            den += s_den[ph * head_dim + d];
+    if (phase == 0) {
+        float m_all = -INFINITY;
+        for (int ph = 0; ph < n_phase; ++ph) {
+            m_all = fmaxf(m_all, s_max[ph * per_phase + d4]);
         }
-        out[row * head_dim + d] = den > 0.0f ? num / den : 0.0f;
+        float den_all  = 0.0f;
+        float4 num_all = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (m_all != -INFINITY) {
+            for (int ph = 0; ph < n_phase; ++ph) {
+                const int t   = ph * per_phase + d4;
+                const float a = fast_exp2(s_max[t] - m_all);
+                den_all += s_den[t] * a;
+                num_all.x += s_num[t].x * a;
+                num_all.y += s_num[t].y * a;
+                num_all.z += s_num[t].z * a;
+                num_all.w += s_num[t].w * a;
+            }
+        }
+        const float inv = den_all > 0.0f ? 1.0f / den_all : 0.0f;
+        reinterpret_cast<float4 *>(out + row * head_dim)[d4] =
+            make_float4(num_all.x * inv, num_all.y * inv, num_all.z * inv, num_all.w * inv);
     }
 }
 
@@ -583,7 +635,8 @@ void attention_cuda(const attn_cuda_params & p, cudaStream_t stream) {
     if (n_split > 1) {
         const int64_t n_out = p.n_q * p.n_head;
         launch_pdl(attn_merge_kernel, unsigned(n_out), kMergeThreads, 0, stream,
-                   static_cast<const float *>(p.work), p.out, n_out, p.head_dim, n_split);
+                   static_cast<const float *>(p.work), p.out, n_out, p.head_dim, n_split,
+                   split_keys ? p.tile_next : nullptr, p.n_head_kv);
         CUDA_CHECK_LAUNCH("attn_merge_kernel");
     }
 }

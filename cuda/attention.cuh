@@ -36,6 +36,11 @@ struct attn_cuda_params {
     int n_split;
 
     float * work;  // workspace of attention_cuda_work_bytes(p) bytes (may be null when that is 0)
+
+    // Decode (n_q * n_head / n_head_kv <= 16) with several splits hands out K/V tiles through one counter
+    // per KV head, [n_head_kv], which must be zero before a launch and which the launch leaves zero. Null:
+    // each split takes a fixed share of the tiles.
+    int * tile_next;
 };
 
 // Splits the launch will use for these parameters (resolves n_split = 0).

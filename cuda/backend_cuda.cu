@@ -229,6 +229,7 @@ class backend_cuda final : public backend {
     // plan is the same (dense attention in every layer of a step) uploads nothing.
     std::vector<int32_t> plan_host_, plan_uploaded_;
     device_buffer plan_mem_;
+    device_buffer tile_next_mem_;  // [n_head_kv] tile counters of split decode attention, kept at zero
     bool plan_has_extras_ = false;
 };
 
@@ -613,6 +614,12 @@ void backend_cuda::attention(int il, const float * q, int64_t n_q, const attn_pl
     p.n_keys_max   = n_keys_max;
     p.n_split      = 0;
     p.work = static_cast<float *>(work_mem_.reserve(attention_cuda_work_bytes(p), "the attention workspace"));
+    if (tile_next_mem_.get() == nullptr) {  // zeroed once: every launch leaves its counters at zero
+        const size_t bytes = size_t(n_kv) * sizeof(int);
+        CUDA_CHECK(
+            cudaMemsetAsync(tile_next_mem_.reserve(bytes, "the attention tile counters"), 0, bytes, stream_));
+    }
+    p.tile_next = static_cast<int *>(tile_next_mem_.get());
     attention_cuda(p, stream_);
 }
 

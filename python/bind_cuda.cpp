@@ -191,8 +191,11 @@ void check_plan(const i32_array & lo, const i32_array & hi, const std::vector<i3
 }
 
 // q [n_q, n_head, head_dim] f32, k/v [n_head_kv, n_entries, head_dim] f16 -> out [n_q, n_head, head_dim].
+// tile_counters: decode splits take tiles from counters (checked to be zero again after the launch) rather
+// than fixed shares.
 f32_array py_attention(const f32_array & q, const py::array & k, const py::array & v, const i32_array & lo,
-                       const i32_array & hi, const std::vector<i32_array> & extras, int n_split) {
+                       const i32_array & hi, const std::vector<i32_array> & extras, int n_split,
+                       bool tile_counters) {
     const py::buffer_info kb = f16_info(k, "k");
     const py::buffer_info vb = f16_info(v, "v");
     if (q.ndim() != 3 || kb.ndim != 3 || kb.shape != vb.shape || kb.shape[2] != q.shape(2)) {
@@ -224,10 +227,18 @@ f32_array py_attention(const f32_array & q, const py::array & k, const py::array
         attn_params_of(int(n_head), int(n_head_kv), int(d), n_q, n_entries, kv, plan, n_split);
     dbuf<float> work(attention_cuda_work_bytes(p) / sizeof(float));
     work.poison();
-    p.q    = dq.p;
-    p.out  = out.p;
-    p.work = work.p;
+    const std::vector<int> zeros(size_t(n_head_kv), 0);
+    dbuf<int> counters(zeros.data(), zeros.size());
+    p.q         = dq.p;
+    p.out       = out.p;
+    p.work      = work.p;
+    p.tile_next = tile_counters ? counters.p : nullptr;
     attention_cuda(p, nullptr);
+    std::vector<int> after(zeros.size());
+    counters.download(after.data());
+    if (after != zeros) {
+        fail("attention: the launch left its tile counters non-zero");
+    }
     f32_array res({n_q, n_head, d});
     out.download(res.mutable_data());
     return res;
@@ -499,9 +510,12 @@ std::vector<float> py_bench_attention(int n_head, int n_head_kv, int head_dim, i
     fill_uniform_f32_cuda(q.p, int64_t(q.n), 3, -1.0f, 1.0f, nullptr);
     attn_cuda_params p = attn_params_of(n_head, n_head_kv, head_dim, n_q, n_entries, *kv[0], plan, n_split);
     dbuf<float> work(attention_cuda_work_bytes(p) / sizeof(float));
+    const std::vector<int> zeros(size_t(n_head_kv), 0);
+    dbuf<int> counters(zeros.data(), zeros.size());
     p.q                   = q.p;
     p.out                 = out.p;
     p.work                = work.p;
+    p.tile_next           = counters.p;
     std::vector<float> ms = time_cuda(
         [&](int) {
             for (int i = 0; i < n_inner; ++i) {
@@ -568,7 +582,8 @@ void bind_cuda(py::module_ & m) {
         return std::string(prop.name);
     });
     m.def("cuda_attention", &py_attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("lo"),
-          py::arg("hi"), py::arg("extras") = std::vector<i32_array>{}, py::arg("n_split") = 0);
+          py::arg("hi"), py::arg("extras") = std::vector<i32_array>{}, py::arg("n_split") = 0,
+          py::arg("tile_counters") = true);
     m.def("cuda_attention_group_probs", &py_group_probs, py::arg("q"), py::arg("k"), py::arg("scale"),
           py::arg("norm_begin"), py::arg("norm_end"), py::arg("out_begin"), py::arg("out_end"));
     m.def("cuda_matvec", &py_matvec, py::arg("type"), py::arg("data"), py::arg("n_in"), py::arg("x"));

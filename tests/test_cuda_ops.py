@@ -108,6 +108,29 @@ def test_attention_split_count_does_not_change_result():
         assert rel_err(o, outs[0].astype(np.float64)) < 1e-3
 
 
+@pytest.mark.parametrize(
+    "n_head,n_head_kv,d,n_entries,window,n_extra,n_split",
+    [(32, 8, 128, 20000, 0, 0, 5), (8, 2, 64, 9000, 3000, 700, 7), (4, 4, 128, 640, 0, 0, 4)],
+)
+def test_attention_decode_tile_counters(n_head, n_head_kv, d, n_entries, window, n_extra, n_split):
+    """Decode splits that take tiles from a counter per KV head (most tiles here come from it) give the
+    result of fixed shares, and leave the counters at zero (the binding checks)."""
+    rng = np.random.default_rng(n_entries)
+    q = (rng.standard_normal((1, n_head, d)) * 2.0).astype(np.float32)
+    k, v = random_kv(rng, n_head_kv, n_entries, d)
+    lo, hi = causal_plan(n_head_kv, 1, n_entries, window)
+    extras = []
+    if n_extra:
+        extras = [
+            np.sort(rng.choice(lo.min(), n_extra, replace=False)).astype(np.int32) for _ in range(n_head_kv)
+        ]
+    ref = attention_ref(q, k, v, lo, hi, extras)
+    dynamic = _core.cuda_attention(q, k, v, lo, hi, extras, n_split, tile_counters=True)
+    fixed = _core.cuda_attention(q, k, v, lo, hi, extras, n_split, tile_counters=False)
+    assert rel_err(dynamic, ref) < 4e-3
+    assert rel_err(dynamic, fixed.astype(np.float64)) < 1e-3
+
+
 def test_attention_query_without_keys_writes_zeros():
     rng = np.random.default_rng(3)
     q = rng.standard_normal((4, 4, 64)).astype(np.float32)
