@@ -73,7 +73,9 @@ struct attn_sink {
 template <int D, bool SPLIT_KEYS>
 __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p, int n_split) {
     pdl_trigger();  // the next kernel's CTAs may start (they wait for this kernel to end)
-    pdl_wait();
+    if (!SPLIT_KEYS) {
+        pdl_wait();  // decode waits after issuing the loads of K/V written before this step (below)
+    }
     using C          = attn_cfg<D, SPLIT_KEYS>;
     constexpr int MT = C::MT;
     extern __shared__ __align__(16) unsigned char smem[];
@@ -114,9 +116,6 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
     int * counter      = SPLIT_KEYS && n_split > 1 && p.tile_next ? p.tile_next + ig : nullptr;
     int pending        = 0;  // thread 0: the counter value fetched one step ago
     constexpr int kPre = 3;  // tiles every CTA takes before the counter's: split, + n_split, + 2 n_split
-    if (counter && threadIdx.x == 0) {
-        pending = atomicAdd(counter, 1);
-    }
 
     // The rows' table, and the extents of their key ranges.
     if (threadIdx.x == 0) {
@@ -220,7 +219,37 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
     int cur = own(0);
     int nxt = SPLIT_KEYS ? own(1) : -1;  // prefill derives it from cur (its registers are all taken)
     int nn  = SPLIT_KEYS ? own(2) : -1;
-    if (cur >= 0) {
+
+    // Decode: the first two tiles load before griddepcontrol.wait when all their keys lie below n_stable
+    // (written before this step; the kernel before this one is the step's RoPE + K/V store), so that the
+    // K/V stream starts while that kernel runs. Everything read before the wait comes from host copies.
+    bool nxt_issued = false;
+    if (SPLIT_KEYS) {
+        auto stable = [&](int tile) {  // the largest key of a tile: its last extra or its last dense key
+            const int t0   = tile * kTileN;
+            const int last = min(t0 + kTileN, n_keys) - 1;
+            const int ex   = min(last, n_ex - 1);
+            return key_at(last) < p.n_stable && (ex < t0 || key_at(ex) < p.n_stable);
+        };
+        const bool cur_early = cur >= 0 && stable(cur);
+        if (cur_early) {
+            load_tile(cur, 0);
+            cp_async_commit();
+            nxt_issued = nxt >= 0 && stable(nxt);
+            if (nxt_issued) {
+                load_tile(nxt, 1);
+                cp_async_commit();
+            }
+        }
+        pdl_wait();
+        if (counter && threadIdx.x == 0) {  // the previous launch's merge rezeroed the counter
+            pending = atomicAdd(counter, 1);
+        }
+        if (!cur_early && cur >= 0) {
+            load_tile(cur, 0);
+            cp_async_commit();
+        }
+    } else if (cur >= 0) {
         load_tile(cur, 0);
         cp_async_commit();
     }
@@ -269,8 +298,10 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
             pending           = t < n_tiles ? atomicAdd(counter, 1) : pending;
         }
         if (nxt >= 0) {
-            load_tile(nxt, buf ^ 1);
-            cp_async_commit();
+            if (!(SPLIT_KEYS && step == 0 && nxt_issued)) {
+                load_tile(nxt, buf ^ 1);
+                cp_async_commit();
+            }
             if (SPLIT_KEYS && nn >= 0) {
                 prefetch_tile(nn);
             }

@@ -32,6 +32,10 @@ struct attn_cuda_params {
 
     // Upper bound of the keys any query sees (cache length): sizes the split over keys.
     int64_t n_keys_max;
+    // Entries below n_stable were written before the kernel that precedes this launch in the stream started
+    // (in an earlier step; the new tokens' rows are at or above it): decode reads them before it waits for
+    // that kernel. 0: nothing is read early.
+    int64_t n_stable;
     // Splits of each query tile's key list, merged afterwards; 0 picks one from the device size.
     int n_split;
 

@@ -598,8 +598,10 @@ void backend_cuda::attention(int il, const float * q, int64_t n_q, const attn_pl
     const auto * ptrs   = static_cast<const __half * const *>(kv_ptr_mem_.get());
     const auto * d_plan = static_cast<const int32_t *>(plan_mem_.get());
     int64_t n_keys_max  = 0;
+    int64_t n_keys_min  = head(il, 0).n;
     for (int ih = 0; ih < n_kv; ++ih) {
         n_keys_max = std::max(n_keys_max, head(il, ih).n);
+        n_keys_min = std::min(n_keys_min, head(il, ih).n);
     }
     attn_cuda_params p{};
     p.n_head       = hp_.n_head;
@@ -616,6 +618,7 @@ void backend_cuda::attention(int il, const float * q, int64_t n_q, const attn_pl
     p.extra_offset = plan_has_extras_ ? d_plan + 2 * n_kv * n_q : nullptr;
     p.extra        = plan_has_extras_ ? d_plan + 2 * n_kv * n_q + n_kv + 1 : nullptr;
     p.n_keys_max   = n_keys_max;
+    p.n_stable     = std::max<int64_t>(0, n_keys_min - n_q);  // rope_append wrote the n_q newest rows
     p.n_split      = 0;
     p.work = static_cast<float *>(work_mem_.reserve(attention_cuda_work_bytes(p), "the attention workspace"));
     if (tile_next_mem_.get() == nullptr) {  // zeroed once: every launch leaves its counters at zero

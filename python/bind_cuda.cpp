@@ -174,6 +174,7 @@ attn_cuda_params attn_params_of(int n_head, int n_head_kv, int head_dim, int64_t
     p.extra        = plan.extra.p;
     p.extra_offset = plan.extra_offset.n > 0 ? plan.extra_offset.p : nullptr;
     p.n_keys_max   = n_entries;
+    p.n_stable     = n_entries;  // nothing writes K/V while the bindings run attention
     p.n_split      = n_split;
     return p;
 }
@@ -233,6 +234,7 @@ f32_array py_attention(const f32_array & q, const py::array & k, const py::array
     p.out       = out.p;
     p.work      = work.p;
     p.tile_next = tile_counters ? counters.p : nullptr;
+    p.n_stable  = n_entries - 1;  // decode reads the last entry after the wait, like a new token's row
     attention_cuda(p, nullptr);
     std::vector<int> after(zeros.size());
     counters.download(after.data());
