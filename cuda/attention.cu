@@ -625,16 +625,19 @@ int attention_cuda_n_split(const attn_cuda_params & p) {
     if (p.n_split > 0) {
         return std::min(p.n_split, 65535);
     }
-    // Decode walks each split's tiles one after another at a few microseconds per tile (the cp.async
-    // latency, not the bandwidth), so it splits down to one tile per CTA and fills every multiprocessor to
-    // its shared-memory limit; prefill CTAs have enough rows to stay busy and split down to 8 tiles.
+    // Decode splits down to two tiles per CTA (the second loads while the first is computed) and up to four
+    // fifths of what fits on the device at its shared-memory occupancy: tiles come from a counter, so a CTA
+    // that finishes early takes more, and fewer splits cost less to merge (a sweep of 8 to 49 splits x 8
+    // heads over 4K-128K keys on the H100 put the best at 32-40). Prefill CTAs have enough rows to stay busy
+    // and split down to 8 tiles, to two CTAs per multiprocessor.
     const bool decode    = attn_split_keys(p);
     const int64_t m_rows = decode ? 16 : 2 * 16 * kWarps;
     const int64_t n_ctas = p.n_head_kv * ceil_div(p.n_q * (p.n_head / p.n_head_kv), m_rows);
     const int per_sm =
         !decode ? 2 : (p.head_dim == 64 ? attn_ctas_per_sm<64, true>() : attn_ctas_per_sm<128, true>());
-    const int64_t target  = int64_t(per_sm) * cuda_sm_count();
-    const int64_t by_keys = std::max<int64_t>(1, p.n_keys_max / ((decode ? 1 : 8) * kTileN));
+    const int64_t slots   = int64_t(per_sm) * cuda_sm_count();
+    const int64_t target  = decode ? slots * 4 / 5 : slots;
+    const int64_t by_keys = std::max<int64_t>(1, p.n_keys_max / ((decode ? 2 : 8) * kTileN));
     // Rounded down: one CTA past what fits at once would run as a second wave of its own.
     const int64_t n_needed = target / std::max<int64_t>(1, n_ctas);
     return int(std::clamp<int64_t>(std::min(n_needed, by_keys), 1, 128));
