@@ -173,6 +173,7 @@ class backend_cuda final : public backend {
     void ffn_swiglu(const weight & w_gate, const weight & w_up, const float * x, int64_t n_tok, float * gate,
                     float * up) override;
     void rope_append(int il, float * q, float * k, const float * v, int64_t n) override;
+    void qkv_rope_append(int il, const matmul_out * qkv, const float * x, int64_t n_tok) override;
 
     kv_head_view kv_view(int il, int ih) const override {
         const kv_head_cuda & h = head(il, ih);
@@ -198,6 +199,10 @@ class backend_cuda final : public backend {
     kv_head_cuda & head(int il, int ih) { return heads_[size_t(il) * hp_.n_head_kv + ih]; }
     const kv_head_cuda & head(int il, int ih) const { return heads_[size_t(il) * hp_.n_head_kv + ih]; }
     void kv_reserve(kv_head_cuda & h, int64_t n_needed);
+    rope_params rope_of() const;
+    // Room for n more rows in the KV heads [h0, h0 + n_heads) of layer il; where their rows go.
+    kv_store_dst kv_append_dst(int il, int h0, int n_heads, int64_t n);
+    void kv_appended(int il, int64_t n);  // the n rows are stored: positions and counts
     // Allocates K and V of cap rows each (both or neither, throwing tca::error).
     void kv_alloc(int64_t cap, __half *& k, __half *& v);
     // Frees a head's K and V once the stream is done with them and makes h use k, v [cap, head_dim].
@@ -471,30 +476,66 @@ void backend_cuda::kv_reserve(kv_head_cuda & h, int64_t n_needed) {
     h.pos.reserve(size_t(cap));
 }
 
-void backend_cuda::rope_append(int il, float * q, float * k, const float * v, int64_t n) {
-    const rope_params r{hp_.head_dim,
-                        hp_.n_rot,
-                        hp_.rope_base,
-                        hp_.rope_scale,
-                        rope_freqs_,
-                        static_cast<const int32_t *>(pos_mem_.get()),
-                        hp_.rope == rope_style::adjacent};
-    for (int h0 = 0; h0 < hp_.n_head_kv; h0 += kRopeStoreHeads) {
-        const int n_heads = std::min(kRopeStoreHeads, hp_.n_head_kv - h0);
-        kv_store_dst dst{};
-        for (int j = 0; j < n_heads; ++j) {
-            kv_head_cuda & h = head(il, h0 + j);
-            kv_reserve(h, h.n + n);
-            dst.k[j] = h.k + h.n * hp_.head_dim;
-            dst.v[j] = h.v + h.n * hp_.head_dim;
-        }
-        rope_store_cuda(q, h0 == 0 ? hp_.n_head : 0, k, v, n, hp_.n_head_kv, h0, n_heads, r, dst, stream_);
+rope_params backend_cuda::rope_of() const {
+    return {hp_.head_dim,
+            hp_.n_rot,
+            hp_.rope_base,
+            hp_.rope_scale,
+            rope_freqs_,
+            static_cast<const int32_t *>(pos_mem_.get()),
+            hp_.rope == rope_style::adjacent};
+}
+
+kv_store_dst backend_cuda::kv_append_dst(int il, int h0, int n_heads, int64_t n) {
+    kv_store_dst dst{};
+    for (int j = 0; j < n_heads; ++j) {
+        kv_head_cuda & h = head(il, h0 + j);
+        kv_reserve(h, h.n + n);
+        dst.k[j] = h.k + h.n * hp_.head_dim;
+        dst.v[j] = h.v + h.n * hp_.head_dim;
     }
+    return dst;
+}
+
+void backend_cuda::kv_appended(int il, int64_t n) {
     for (int ih = 0; ih < hp_.n_head_kv; ++ih) {
         kv_head_cuda & h = head(il, ih);
         h.pos.insert(h.pos.end(), pos_.begin(), pos_.begin() + n);
         h.n += n;
     }
+}
+
+void backend_cuda::rope_append(int il, float * q, float * k, const float * v, int64_t n) {
+    const rope_params r = rope_of();
+    for (int h0 = 0; h0 < hp_.n_head_kv; h0 += kRopeStoreHeads) {
+        const int n_heads = std::min(kRopeStoreHeads, hp_.n_head_kv - h0);
+        rope_store_cuda(q, h0 == 0 ? hp_.n_head : 0, k, v, n, hp_.n_head_kv, h0, n_heads, r,
+                        kv_append_dst(il, h0, n_heads, n), stream_);
+    }
+    kv_appended(il, n);
+}
+
+void backend_cuda::qkv_rope_append(int il, const matmul_out * qkv, const float * x, int64_t n_tok) {
+    // One token with adjacent pairs: the Q/K/V matvec rotates and stores in its epilogue (one launch fewer
+    // per layer); otherwise the products, then rope_append.
+    bool fused = n_tok == 1 && use_matvec(n_tok) && hp_.rope == rope_style::adjacent &&
+                 hp_.n_head_kv <= kRopeStoreHeads;
+    for (int j = 0; j < 3 && fused; ++j) {
+        fused = quant_cuda_supported(weight_of(*qkv[j].w).type);
+    }
+    if (!fused) {
+        backend::qkv_rope_append(il, qkv, x, n_tok);
+        return;
+    }
+    matvec_out mv[3];
+    size_t work_bytes = 0;
+    for (int j = 0; j < 3; ++j) {
+        mv[j]      = {weight_of(*qkv[j].w), vector_of(qkv[j].bias), qkv[j].y};
+        work_bytes = std::max(work_bytes, matvec_cuda_work_bytes(mv[j].w));
+    }
+    void * work = matvec_work_mem_.reserve(work_bytes, "the matvec workspace");
+    matvec_qkv_rope_cuda(mv, x, work, rope_of(), kv_append_dst(il, 0, hp_.n_head_kv, 1), stream_);
+    kv_appended(il, 1);
 }
 
 void backend_cuda::kv_keep(int il, int ih, const std::vector<int32_t> & idx, int64_t n_global) {

@@ -8,6 +8,7 @@
 #include "common.cuh"
 #include "quant_blocks.cuh"
 #include "quant_matvec.cuh"
+#include "rope.cuh"
 
 namespace tca {
 
@@ -241,18 +242,48 @@ struct matvec_segs {
     int n;
 };
 
-template <ggml_type T>
+// The epilogue of the Q/K/V launch of one token (matvec_qkv_rope_cuda): segment j of the launch is q
+// (role0 + j == 0), k (1) or v (2).
+struct matvec_rope {
+    rope_params r;
+    kv_store_dst dst;
+    int role0;
+};
+
+// Row `row` (value v, its pair's value pv) of a Q/K/V segment: RoPE for q and k (adjacent pairs: a CTA's
+// rows 4c..4c+3 hold two whole pairs), the fp16 store for k and v.
+__device__ __forceinline__ float rope_epilogue(const matvec_rope & e, int role, int64_t row, float v,
+                                               float pv) {
+    const int hd = e.r.head_dim;
+    const int d  = int(row % hd);
+    if (role < 2 && d < e.r.n_rot) {
+        float c;
+        float s;
+        rope_cos_sin(e.r, 0, d / 2, c, s);
+        v = d % 2 == 0 ? v * c - pv * s : pv * s + v * c;
+    }
+    if (role > 0) {
+        __half * dst = role == 1 ? e.dst.k[row / hd] : e.dst.v[row / hd];
+        dst[d]       = __float2half_rn(v);
+    }
+    return v;
+}
+
+template <ggml_type T, bool ROPE>
 __global__ void __launch_bounds__(32 * kMatvecWarps)
-    matvec_kernel(const matvec_segs segs, size_t row_bytes, int64_t n_in, const matvec_x in) {
+    matvec_kernel(const matvec_segs segs, size_t row_bytes, int64_t n_in, const matvec_x in,
+                  const matvec_rope rope) {
     // This CTA's segment, chosen with constant indices only (indexing the parameter by a variable would
     // copy it to local memory).
     matvec_seg sg = segs.s[0];
     int cta0      = 0;
+    int seg       = 0;
 #pragma unroll
     for (int j = 1; j < kMatvecSegs; ++j) {
         if (j < segs.n && int(blockIdx.x) >= segs.s[j - 1].cta_end) {
             sg   = segs.s[j];
             cta0 = segs.s[j - 1].cta_end;
+            seg  = j;
         }
     }
     const int64_t row0 = int64_t(int(blockIdx.x) - cta0) * kMatvecRows;
@@ -268,7 +299,12 @@ __global__ void __launch_bounds__(32 * kMatvecWarps)
     const float * sum = matvec_reduce<kMatvecRows>(acc);
     const int64_t row = row0 + threadIdx.x;
     if (threadIdx.x < kMatvecRows && row < sg.n_out) {
-        sg.y[row] = sum[threadIdx.x] + (sg.bias != nullptr ? sg.bias[row] : 0.0f);
+        float v = sum[threadIdx.x] + (sg.bias != nullptr ? sg.bias[row] : 0.0f);
+        if constexpr (ROPE) {
+            const float pv = sum[threadIdx.x ^ 1] + (sg.bias != nullptr ? sg.bias[row ^ 1] : 0.0f);
+            v              = rope_epilogue(rope, rope.role0 + seg, row, v, pv);
+        }
+        sg.y[row] = v;
     }
 }
 
@@ -427,11 +463,18 @@ struct matvec_launch {
     size_t row_bytes;
     int64_t n_in;
     const matvec_x & in;
+    const matvec_rope * rope;  // null: a plain store
     cudaStream_t stream;
     template <ggml_type T>
     void operator()() const {
-        launch_pdl(matvec_kernel<T>, unsigned(segs.s[segs.n - 1].cta_end), matvec_threads<T>(n_in), 0, stream,
-                   segs, row_bytes, n_in, in);
+        const unsigned n_cta = unsigned(segs.s[segs.n - 1].cta_end);
+        if (rope) {
+            launch_pdl(matvec_kernel<T, true>, n_cta, matvec_threads<T>(n_in), 0, stream, segs, row_bytes,
+                       n_in, in, *rope);
+        } else {
+            launch_pdl(matvec_kernel<T, false>, n_cta, matvec_threads<T>(n_in), 0, stream, segs, row_bytes,
+                       n_in, in, matvec_rope{});
+        }
     }
 };
 
@@ -548,7 +591,11 @@ void matvec_cuda(const qweight_cuda & w, const float * x, float * y, void * work
     matvec_multi_cuda(&out, 1, x, work, stream);
 }
 
-void matvec_multi_cuda(const matvec_out * outs, int n, const float * x, void * work, cudaStream_t stream) {
+namespace {
+
+// matvec_multi_cuda, with the Q/K/V epilogue when rope is not null (outs = {q, k, v}).
+void matvec_multi(const matvec_out * outs, int n, const float * x, void * work, matvec_rope * rope,
+                  cudaStream_t stream) {
     if (n < 1 || n > kMatvecSegs) {
         fail("matvec_multi_cuda: %d products (1 to %d)", n, kMatvecSegs);
     }
@@ -571,10 +618,33 @@ void matvec_multi_cuda(const matvec_out * outs, int n, const float * x, void * w
             cta += int(ceil_div(o.w.n_out, kMatvecRows));
             segs.s[segs.n++] = {static_cast<const uint8_t *>(o.w.data), o.bias, o.y, o.w.n_out, cta};
         }
+        if (rope) {
+            rope->role0 = j0;
+        }
         quant_dispatch(outs[j0].w, "matvec_cuda",
-                       matvec_launch{segs, outs[j0].w.row_bytes(), outs[j0].w.n_in, in, stream});
+                       matvec_launch{segs, outs[j0].w.row_bytes(), outs[j0].w.n_in, in, rope, stream});
         j0 = j;
     }
+}
+
+}  // namespace
+
+void matvec_multi_cuda(const matvec_out * outs, int n, const float * x, void * work, cudaStream_t stream) {
+    matvec_multi(outs, n, x, work, nullptr, stream);
+}
+
+void matvec_qkv_rope_cuda(const matvec_out (&outs)[3], const float * x, void * work, const rope_params & r,
+                          const kv_store_dst & dst, cudaStream_t stream) {
+    const int64_t n_kv = outs[1].w.n_out / std::max(1, r.head_dim);
+    if (!r.adjacent || r.head_dim <= 0 || r.head_dim % 2 != 0 || r.n_rot % 2 != 0 || r.n_rot > r.head_dim ||
+        outs[1].w.n_out % r.head_dim != 0 || outs[2].w.n_out != outs[1].w.n_out || n_kv > kRopeStoreHeads) {
+        fail(
+            "matvec_qkv_rope_cuda: needs adjacent RoPE pairs, an even n_rot <= head_dim %d and at most %d KV "
+            "heads of whole rows",
+            r.head_dim, kRopeStoreHeads);
+    }
+    matvec_rope rope{r, dst, 0};
+    matvec_multi(outs, 3, x, work, &rope, stream);
 }
 
 void matvec_swiglu_cuda(const qweight_cuda & gate, const qweight_cuda & up, const float * x, float * y,

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "ggml_types.h"
+#include "ops.cuh"
 
 namespace tca {
 
@@ -43,6 +44,13 @@ struct matvec_out {
 // The products outs [n] (n <= kMatvecSegs) of one input x [n_in]: one launch per run of equal weight types,
 // x quantized once when a type needs it; work: the largest matvec_cuda_work_bytes of the weights.
 void matvec_multi_cuda(const matvec_out * outs, int n, const float * x, void * work, cudaStream_t stream);
+
+// Q, K and V of one token with RoPE and the K/V store in the epilogue: outs = {q, k, v} as
+// matvec_multi_cuda, then what rope_store_cuda does for one token and KV heads [0, n_head_kv): q and k
+// rotated in place, k and v stored in fp16 at dst.k[h] and dst.v[h]. Pairs must be adjacent (r.adjacent)
+// and n_head_kv <= kRopeStoreHeads. Throws tca::error otherwise.
+void matvec_qkv_rope_cuda(const matvec_out (&outs)[3], const float * x, void * work, const rope_params & r,
+                          const kv_store_dst & dst, cudaStream_t stream);
 
 // y[o] = silu(gate[o, :] . x) * (up[o, :] . x), one launch; gate and up of one type and shape.
 void matvec_swiglu_cuda(const qweight_cuda & gate, const qweight_cuda & up, const float * x, float * y,

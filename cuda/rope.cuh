@@ -1,4 +1,5 @@
-// RoPE on the device (rope_params in ops.cuh gives the rule). Device code only: included by ops.cu.
+// RoPE on the device (rope_params in ops.cuh gives the rule). Device code only: included by ops.cu and
+// quant_matvec.cu.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -15,8 +16,9 @@ __device__ __forceinline__ void rope_dims(const rope_params & r, int i, int & i0
     i1 = r.adjacent ? 2 * i + 1 : i + r.n_rot / 2;
 }
 
-// Rotates pair i of head v [head_dim] of token tok in place.
-__device__ __forceinline__ void rope_pair(const rope_params & r, int64_t tok, int i, float * v) {
+// Cosine and sine of pair i's angle for token tok.
+__device__ __forceinline__ void rope_cos_sin(const rope_params & r, int64_t tok, int i, float & c,
+                                             float & s) {
     double inv = pow(double(r.base), -2.0 * i / r.n_rot) * r.scale;
     if (r.freq_factors != nullptr) {
         inv /= r.freq_factors[i];
@@ -24,8 +26,15 @@ __device__ __forceinline__ void rope_pair(const rope_params & r, int64_t tok, in
     double sn;
     double cs;
     sincos(double(r.pos[tok]) * inv, &sn, &cs);
-    const float c = float(cs);
-    const float s = float(sn);
+    c = float(cs);
+    s = float(sn);
+}
+
+// Rotates pair i of head v [head_dim] of token tok in place.
+__device__ __forceinline__ void rope_pair(const rope_params & r, int64_t tok, int i, float * v) {
+    float c;
+    float s;
+    rope_cos_sin(r, tok, i, c, s);
     int i0;
     int i1;
     rope_dims(r, i, i0, i1);

@@ -70,6 +70,12 @@ class backend {
     // set_positions (the model's RoPE), then appends k and v [n, n_head_kv, head_dim] to every KV head of
     // layer il at those positions.
     virtual void rope_append(int il, float * q, float * k, const float * v, int64_t n) = 0;
+    // matmul_multi of the Q, K and V products qkv [3] of x, then rope_append of their outputs: one call, so
+    // that a backend may fuse them (CUDA generation rotates and stores in the matvec's epilogue).
+    virtual void qkv_rope_append(int il, const matmul_out * qkv, const float * x, int64_t n_tok) {
+        matmul_multi(qkv, 3, x, n_tok);
+        rope_append(il, qkv[0].y, qkv[1].y, qkv[2].y, n_tok);
+    }
 
     virtual kv_head_view kv_view(int il, int ih) const = 0;
     // Keeps only the entries idx (sorted, unique) of one head; the first n_global are compacted.

@@ -171,13 +171,19 @@ void context::forward(const int32_t * tokens, int64_t n, bool logits_all, std::v
         const layer_weights & l = model_.layers[size_t(il)];
         const float * norm_next =
             il + 1 < hp.n_layer ? model_.layers[size_t(il) + 1].attn_norm : model_.output_norm;
-        for (int64_t b = 0; b < n; b += n_ub) {
-            const int64_t nb        = std::min(n_ub, n - b);
-            const matmul_out qkv[3] = {
-                {&l.wq, l.bq, a.q + b * n_q}, {&l.wk, l.bk, a.k + b * n_kv}, {&l.wv, l.bv, a.v + b * n_kv}};
-            be.matmul_multi(qkv, 3, a.xn + b * n_embd, nb);
+        if (n <= n_ub) {
+            const matmul_out qkv[3] = {{&l.wq, l.bq, a.q}, {&l.wk, l.bk, a.k}, {&l.wv, l.bv, a.v}};
+            be.qkv_rope_append(il, qkv, a.xn, n);
+        } else {
+            for (int64_t b = 0; b < n; b += n_ub) {
+                const int64_t nb        = std::min(n_ub, n - b);
+                const matmul_out qkv[3] = {{&l.wq, l.bq, a.q + b * n_q},
+                                           {&l.wk, l.bk, a.k + b * n_kv},
+                                           {&l.wv, l.bv, a.v + b * n_kv}};
+                be.matmul_multi(qkv, 3, a.xn + b * n_embd, nb);
+            }
+            be.rope_append(il, a.q, a.k, a.v, n);
         }
-        be.rope_append(il, a.q, a.k, a.v, n);
         if (hook_) {
             call_hook(il, n, a);
         }

@@ -282,42 +282,99 @@ f32_array py_matvec(int type_id, const u8_array & data, int64_t n_in, const f32_
     return res;
 }
 
-// The products of matvec_multi_cuda: weights [(type, data [n_out, row_bytes], bias [n_out] or None)].
+// Products of one input on the device: weights [(type, data [n_out, row_bytes], bias [n_out] or None)],
+// their outputs poisoned.
+struct dproducts {
+    std::vector<std::unique_ptr<dweight>> ws;
+    std::vector<std::unique_ptr<dbuf<float>>> biases, ys;
+    std::vector<matvec_out> outs;
+    size_t work_bytes = 0;
+
+    dproducts(const std::vector<py::tuple> & weights, int64_t n_in) {
+        for (const py::tuple & t : weights) {
+            ws.push_back(std::make_unique<dweight>(t[0].cast<int>(), t[1].cast<u8_array>(), n_in));
+            const qweight_cuda & w = ws.back()->w;
+            const float * bias     = nullptr;
+            if (!t[2].is_none()) {
+                const auto b = t[2].cast<f32_array>();
+                if (b.size() != w.n_out) {
+                    fail("matvec_multi: a bias of %lld values for %lld rows", (long long)b.size(),
+                         (long long)w.n_out);
+                }
+                biases.push_back(std::make_unique<dbuf<float>>(b.data(), size_t(b.size())));
+                bias = biases.back()->p;
+            }
+            ys.push_back(std::make_unique<dbuf<float>>(size_t(w.n_out)));
+            ys.back()->poison();
+            outs.push_back({w, bias, ys.back()->p});
+            work_bytes = std::max(work_bytes, matvec_cuda_work_bytes(w));
+        }
+    }
+
+    std::vector<f32_array> download() const {
+        std::vector<f32_array> res;
+        for (const auto & y : ys) {
+            res.emplace_back(py::ssize_t(y->n));
+            y->download(res.back().mutable_data());
+        }
+        return res;
+    }
+};
+
+// The products of matvec_multi_cuda (weights as in dproducts).
 std::vector<f32_array> py_matvec_multi(const std::vector<py::tuple> & weights, int64_t n_in,
                                        const f32_array & x) {
     if (x.size() != n_in) {
         fail("matvec_multi: x has %lld values, n_in is %lld", (long long)x.size(), (long long)n_in);
     }
-    std::vector<std::unique_ptr<dweight>> ws;
-    std::vector<std::unique_ptr<dbuf<float>>> biases, ys;
-    std::vector<matvec_out> outs;
-    size_t work_bytes = 0;
-    for (const py::tuple & t : weights) {
-        ws.push_back(std::make_unique<dweight>(t[0].cast<int>(), t[1].cast<u8_array>(), n_in));
-        const qweight_cuda & w = ws.back()->w;
-        const float * bias     = nullptr;
-        if (!t[2].is_none()) {
-            const auto b = t[2].cast<f32_array>();
-            if (b.size() != w.n_out) {
-                fail("matvec_multi: a bias of %lld values for %lld rows", (long long)b.size(),
-                     (long long)w.n_out);
-            }
-            biases.push_back(std::make_unique<dbuf<float>>(b.data(), size_t(b.size())));
-            bias = biases.back()->p;
-        }
-        ys.push_back(std::make_unique<dbuf<float>>(size_t(w.n_out)));
-        ys.back()->poison();
-        outs.push_back({w, bias, ys.back()->p});
-        work_bytes = std::max(work_bytes, matvec_cuda_work_bytes(w));
-    }
+    dproducts pr(weights, n_in);
     dbuf<float> dx(x.data(), size_t(x.size()));
-    dbuf<uint8_t> work(work_bytes);
-    matvec_multi_cuda(outs.data(), int(outs.size()), dx.p, work.p, nullptr);
-    std::vector<f32_array> res;
-    for (const auto & y : ys) {
-        res.emplace_back(py::ssize_t(y->n));
-        y->download(res.back().mutable_data());
+    dbuf<uint8_t> work(pr.work_bytes);
+    matvec_multi_cuda(pr.outs.data(), int(pr.outs.size()), dx.p, work.p, nullptr);
+    return pr.download();
+}
+
+// matvec_qkv_rope_cuda of weights (q, k, v as in dproducts) at position pos: [q, k, k_cache, v_cache], the
+// caches [n_head_kv, head_dim] fp16.
+py::list py_matvec_qkv_rope(const std::vector<py::tuple> & weights, int64_t n_in, const f32_array & x,
+                            int32_t pos, int head_dim, int n_rot, float base, float scale,
+                            const std::optional<f32_array> & freq_factors) {
+    if (weights.size() != 3 || x.size() != n_in || head_dim <= 0) {
+        fail("matvec_qkv_rope: three weights (q, k, v), x [n_in] and a positive head_dim expected");
     }
+    if (freq_factors && freq_factors->size() != n_rot / 2) {
+        fail("matvec_qkv_rope: %lld freq_factors for n_rot %d", (long long)freq_factors->size(), n_rot);
+    }
+    dproducts pr(weights, n_in);
+    const int64_t n_kv_rows = pr.outs[1].w.n_out;
+    const int n_head_kv     = int(n_kv_rows / head_dim);
+    dbuf<float> dx(x.data(), size_t(x.size()));
+    dbuf<uint8_t> work(pr.work_bytes);
+    dbuf<int32_t> dpos(&pos, 1);
+    dbuf<float> dff(freq_factors ? freq_factors->data() : nullptr,
+                    freq_factors ? size_t(freq_factors->size()) : 0);
+    dbuf<__half> kc{size_t(n_kv_rows)};
+    dbuf<__half> vc{size_t(n_kv_rows)};
+    kc.poison();
+    vc.poison();
+    kv_store_dst dst{};
+    for (int h = 0; h < std::min(n_head_kv, kRopeStoreHeads); ++h) {
+        dst.k[h] = kc.p + int64_t(h) * head_dim;
+        dst.v[h] = vc.p + int64_t(h) * head_dim;
+    }
+    const rope_params r{head_dim, n_rot, base, scale, freq_factors ? dff.p : nullptr, dpos.p, true};
+    const matvec_out outs[3] = {pr.outs[0], pr.outs[1], pr.outs[2]};
+    matvec_qkv_rope_cuda(outs, dx.p, work.p, r, dst, nullptr);
+    py::list res;
+    for (f32_array & y : pr.download()) {
+        res.append(y);
+    }
+    py::array rkc(py::dtype("float16"), {py::ssize_t(n_head_kv), py::ssize_t(head_dim)});
+    py::array rvc(py::dtype("float16"), {py::ssize_t(n_head_kv), py::ssize_t(head_dim)});
+    kc.download(rkc.mutable_data());
+    vc.download(rvc.mutable_data());
+    res.append(rkc);
+    res.append(rvc);
     return res;
 }
 
@@ -590,6 +647,9 @@ void bind_cuda(py::module_ & m) {
           py::arg("norm_begin"), py::arg("norm_end"), py::arg("out_begin"), py::arg("out_end"));
     m.def("cuda_matvec", &py_matvec, py::arg("type"), py::arg("data"), py::arg("n_in"), py::arg("x"));
     m.def("cuda_matvec_multi", &py_matvec_multi, py::arg("weights"), py::arg("n_in"), py::arg("x"));
+    m.def("cuda_matvec_qkv_rope", &py_matvec_qkv_rope, py::arg("weights"), py::arg("n_in"), py::arg("x"),
+          py::arg("pos"), py::arg("head_dim"), py::arg("n_rot"), py::arg("base"), py::arg("scale"),
+          py::arg("freq_factors") = std::nullopt);
     m.def("cuda_matvec_swiglu", &py_matvec_swiglu, py::arg("type"), py::arg("gate"), py::arg("up"),
           py::arg("n_in"), py::arg("x"));
     m.def("cuda_dequantize_f16", &py_dequantize_f16, py::arg("type"), py::arg("data"), py::arg("n_in"));

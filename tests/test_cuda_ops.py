@@ -361,6 +361,46 @@ def test_matvec_multi(names):
         assert matvec_expected_err(name, data, deq, x, y - b) < 1e-5
 
 
+@pytest.mark.parametrize(
+    "names,head_dim,n_head,n_head_kv,n_rot,factors",
+    [
+        (("F16", "F16", "F16"), 64, 5, 3, 48, False),
+        (("Q4_K", "Q4_K", "Q6_K"), 128, 4, 2, 128, True),
+        (("Q8_0", "Q8_0", "Q8_0"), 64, 3, 1, 64, False),
+    ],
+)
+def test_matvec_qkv_rope(names, head_dim, n_head, n_head_kv, n_rot, factors):
+    """Q/K/V of one token with RoPE (adjacent pairs) and the fp16 K/V store in the matvec epilogue: the
+    plain products rotated and stored, whatever the runs of weight types (Q4_K_M's V is Q6_K)."""
+    rng = np.random.default_rng(head_dim + n_head)
+    n_in, pos, base, scale = 256, 70001, 10000.0, 1.0
+    x = rng.standard_normal(n_in).astype(np.float32)
+    ws = []
+    for name, n_out in zip(names, (n_head * head_dim, n_head_kv * head_dim, n_head_kv * head_dim)):
+        type_id, data, _ = random_weight(rng, name, n_out, n_in)
+        ws.append((type_id, data, rng.standard_normal(n_out).astype(np.float32)))
+    ff = rng.uniform(1, 8, n_rot // 2).astype(np.float32) if factors else None
+    q, k, v = _core.cuda_matvec_multi(ws, n_in, x)
+    q_out, k_out, v_out, k_cache, v_cache = _core.cuda_matvec_qkv_rope(
+        ws, n_in, x, pos, head_dim, n_rot, base, scale, ff
+    )
+    half = n_rot // 2
+    inv = base ** (-2.0 * np.arange(half) / n_rot) * scale / (ff if ff is not None else 1.0)
+    c, s = np.cos(pos * inv), np.sin(pos * inv)
+
+    def rotated(t):
+        ref = t.reshape(-1, head_dim).astype(np.float64)
+        a, b = ref[:, 0:n_rot:2].copy(), ref[:, 1:n_rot:2].copy()
+        ref[:, 0:n_rot:2], ref[:, 1:n_rot:2] = a * c - b * s, a * s + b * c
+        return ref.reshape(t.shape)
+
+    assert rel_err(q_out, rotated(q)) < 1e-6
+    assert rel_err(k_out, rotated(k)) < 1e-6
+    np.testing.assert_array_equal(v_out, v)
+    np.testing.assert_array_equal(k_cache, k_out.astype(np.float16).reshape(n_head_kv, head_dim))
+    np.testing.assert_array_equal(v_cache, v.astype(np.float16).reshape(n_head_kv, head_dim))
+
+
 @pytest.mark.parametrize("name", ["F16", "Q4_K", "Q6_K", "Q8_0", "Q5_0"])
 def test_matvec_swiglu(name):
     rng = np.random.default_rng(60 + QTYPES[name][0])
