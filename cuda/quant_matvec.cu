@@ -1,4 +1,4 @@
-// Kernels over ggml blocks. matvec: one CTA per kMatvecRows output rows; each thread takes whole units
+// Kernels over ggml blocks. matvec: one CTA per matvec_rows<T> output rows; each thread takes whole units
 // (16 to 64 contiguous bytes of a row) and reads the matching x chunk once for all the rows. Q8_0, Q4_K and
 // Q6_K multiply with int8 activations (dp4a); the others in fp32. One launch serves several products of the
 // same input (Q, K and V: up to kMatvecSegs weights of one type, one after the other in the grid), or the
@@ -14,11 +14,25 @@ namespace tca {
 
 namespace {
 
-// A CTA of up to kMatvecWarps warps computes kMatvecRows rows: its threads split each row's units, every x
-// chunk read from cache serves all kMatvecRows rows, and the partial sums are reduced across the CTA. The
+// A CTA of up to kMatvecWarps warps computes matvec_rows<T> rows: its threads split each row's units, every
+// x chunk read from cache serves all the CTA's rows, and the partial sums are reduced across the CTA. The
 // warp count is chosen per row length (matvec_threads) so that every thread takes the same number of units.
 constexpr int kMatvecWarps = 8;
-constexpr int kMatvecRows  = 4;
+
+// Rows per CTA: F16 rows stream best 8 to a CTA (fewer CTAs than the device holds at once for 4096 rows:
+// no partial second wave), the integer paths 4 (8 cost them 10-25%).
+constexpr int matvec_rows_of(ggml_type type) {
+    return type == ggml_type::F16 ? 8 : 4;
+}
+template <ggml_type T>
+constexpr int matvec_rows = matvec_rows_of(T);
+
+// Most warps of a CTA. F16 CTAs take fewer (each thread then walks several units of its rows), so that more
+// of them fit at once: 2 for a plain matvec, 4 for gate/up. On the H100 F16 generation ran 158 t/s with 8
+// and 8, 161-164 with 2 and 8, 163 with 2 and 4; the integer paths lost 1-2% with 2.
+constexpr int matvec_max_warps(ggml_type type, bool swiglu) {
+    return type != ggml_type::F16 ? kMatvecWarps : (swiglu ? 4 : 2);
+}
 
 // Sums acc [R] over the CTA; the totals are in the returned shared array (valid after the call).
 template <int R>
@@ -220,8 +234,8 @@ struct matvec_x {
 };
 
 template <ggml_type T, int R>
-__device__ __forceinline__ void matvec_rows(const uint8_t * const (&rows)[R], int64_t n_in,
-                                            const matvec_x & in, float (&acc)[R]) {
+__device__ __forceinline__ void matvec_dot(const uint8_t * const (&rows)[R], int64_t n_in,
+                                           const matvec_x & in, float (&acc)[R]) {
     if constexpr (kUsesQ8<T>) {
         matvec_q8_accumulate<T, R>(rows, n_in, in.qx, in.ds, acc);
     } else {
@@ -286,19 +300,20 @@ __global__ void __launch_bounds__(32 * kMatvecWarps)
             seg  = j;
         }
     }
-    const int64_t row0 = int64_t(int(blockIdx.x) - cta0) * kMatvecRows;
-    const uint8_t * rows[kMatvecRows];
+    constexpr int R    = matvec_rows<T>;
+    const int64_t row0 = int64_t(int(blockIdx.x) - cta0) * R;
+    const uint8_t * rows[R];
 #pragma unroll
-    for (int rr = 0; rr < kMatvecRows; ++rr) {
+    for (int rr = 0; rr < R; ++rr) {
         // Rows past the end re-read the last row (branch-free); their sums are dropped below.
         rows[rr] = sg.w + min(row0 + rr, sg.n_out - 1) * row_bytes;
     }
     pdl_wait();  // x comes from the previous kernel
-    float acc[kMatvecRows] = {};
-    matvec_rows<T, kMatvecRows>(rows, n_in, in, acc);
-    const float * sum = matvec_reduce<kMatvecRows>(acc);
+    float acc[R] = {};
+    matvec_dot<T, R>(rows, n_in, in, acc);
+    const float * sum = matvec_reduce<R>(acc);
     const int64_t row = row0 + threadIdx.x;
-    if (threadIdx.x < kMatvecRows && row < sg.n_out) {
+    if (threadIdx.x < R && row < sg.n_out) {
         float v = sum[threadIdx.x] + (sg.bias != nullptr ? sg.bias[row] : 0.0f);
         if constexpr (ROPE) {
             const float pv = sum[threadIdx.x ^ 1] + (sg.bias != nullptr ? sg.bias[row ^ 1] : 0.0f);
@@ -308,28 +323,29 @@ __global__ void __launch_bounds__(32 * kMatvecWarps)
     }
 }
 
-// y[o] = silu(gate[o] . x) * (up[o] . x): a CTA reads kMatvecRows rows of each weight.
+// y[o] = silu(gate[o] . x) * (up[o] . x): a CTA reads matvec_rows<T> rows of each weight.
 template <ggml_type T>
 __global__ void __launch_bounds__(32 * kMatvecWarps)
     matvec_swiglu_kernel(const uint8_t * gate, const uint8_t * up, size_t row_bytes, int64_t n_in,
                          int64_t n_out, const matvec_x in, float * y) {
-    constexpr int R    = 2 * kMatvecRows;
-    const int64_t row0 = int64_t(blockIdx.x) * kMatvecRows;
+    constexpr int RS   = matvec_rows<T>;
+    constexpr int R    = 2 * RS;
+    const int64_t row0 = int64_t(blockIdx.x) * RS;
     const uint8_t * rows[R];
 #pragma unroll
-    for (int rr = 0; rr < kMatvecRows; ++rr) {
-        const int64_t row      = min(row0 + rr, n_out - 1);
-        rows[rr]               = gate + row * row_bytes;
-        rows[kMatvecRows + rr] = up + row * row_bytes;
+    for (int rr = 0; rr < RS; ++rr) {
+        const int64_t row = min(row0 + rr, n_out - 1);
+        rows[rr]          = gate + row * row_bytes;
+        rows[RS + rr]     = up + row * row_bytes;
     }
     pdl_wait();
     float acc[R] = {};
-    matvec_rows<T, R>(rows, n_in, in, acc);
+    matvec_dot<T, R>(rows, n_in, in, acc);
     const float * sum = matvec_reduce<R>(acc);
     const int64_t row = row0 + threadIdx.x;
-    if (threadIdx.x < kMatvecRows && row < n_out) {
+    if (threadIdx.x < RS && row < n_out) {
         const float g = sum[threadIdx.x];
-        y[row]        = g / (1.0f + expf(-g)) * sum[kMatvecRows + threadIdx.x];
+        y[row]        = g / (1.0f + expf(-g)) * sum[RS + threadIdx.x];
     }
 }
 
@@ -451,10 +467,10 @@ void quant_check(const qweight_cuda & w, const char * what) {
 // kMatvecWarps warps allow, then the fewest warps that make them (4096 F16 values: 128 units, 4 warps, one
 // pass; 14336: 448 units, 7 warps, two passes).
 template <ggml_type T>
-unsigned matvec_threads(int64_t n_in) {
+unsigned matvec_threads(int64_t n_in, int max_warps) {
     const int64_t n_units  = n_in / qtraits<T>::unit;
-    const int64_t n_passes = ceil_div(n_units, 32 * kMatvecWarps);
-    return unsigned(32 * std::clamp<int64_t>(ceil_div(n_units, 32 * n_passes), 1, kMatvecWarps));
+    const int64_t n_passes = ceil_div(n_units, 32 * max_warps);
+    return unsigned(32 * std::clamp<int64_t>(ceil_div(n_units, 32 * n_passes), 1, max_warps));
 }
 
 // Launchers of each kernel for one weight type (see quant_dispatch).
@@ -469,11 +485,11 @@ struct matvec_launch {
     void operator()() const {
         const unsigned n_cta = unsigned(segs.s[segs.n - 1].cta_end);
         if (rope) {
-            launch_pdl(matvec_kernel<T, true>, n_cta, matvec_threads<T>(n_in), 0, stream, segs, row_bytes,
-                       n_in, in, *rope);
+            launch_pdl(matvec_kernel<T, true>, n_cta, matvec_threads<T>(n_in, matvec_max_warps(T, false)), 0,
+                       stream, segs, row_bytes, n_in, in, *rope);
         } else {
-            launch_pdl(matvec_kernel<T, false>, n_cta, matvec_threads<T>(n_in), 0, stream, segs, row_bytes,
-                       n_in, in, matvec_rope{});
+            launch_pdl(matvec_kernel<T, false>, n_cta, matvec_threads<T>(n_in, matvec_max_warps(T, false)), 0,
+                       stream, segs, row_bytes, n_in, in, matvec_rope{});
         }
     }
 };
@@ -486,9 +502,10 @@ struct matvec_swiglu_launch {
     cudaStream_t stream;
     template <ggml_type T>
     void operator()() const {
-        launch_pdl(matvec_swiglu_kernel<T>, unsigned(ceil_div(gate.n_out, kMatvecRows)),
-                   matvec_threads<T>(gate.n_in), 0, stream, static_cast<const uint8_t *>(gate.data),
-                   static_cast<const uint8_t *>(up.data), gate.row_bytes(), gate.n_in, gate.n_out, in, y);
+        launch_pdl(matvec_swiglu_kernel<T>, unsigned(ceil_div(gate.n_out, matvec_rows<T>)),
+                   matvec_threads<T>(gate.n_in, matvec_max_warps(T, true)), 0, stream,
+                   static_cast<const uint8_t *>(gate.data), static_cast<const uint8_t *>(up.data),
+                   gate.row_bytes(), gate.n_in, gate.n_out, in, y);
     }
 };
 
@@ -615,7 +632,7 @@ void matvec_multi(const matvec_out * outs, int n, const float * x, void * work, 
         int j = j0;
         for (int cta = 0; j < n && outs[j].w.type == outs[j0].w.type; ++j) {
             const matvec_out & o = outs[j];
-            cta += int(ceil_div(o.w.n_out, kMatvecRows));
+            cta += int(ceil_div(o.w.n_out, matvec_rows_of(o.w.type)));
             segs.s[segs.n++] = {static_cast<const uint8_t *>(o.w.data), o.bias, o.y, o.w.n_out, cta};
         }
         if (rope) {
