@@ -27,11 +27,12 @@ constexpr int matvec_rows_of(ggml_type type) {
 template <ggml_type T>
 constexpr int matvec_rows = matvec_rows_of(T);
 
-// Most warps of a CTA. F16 CTAs take fewer (each thread then walks several units of its rows), so that more
-// of them fit at once: 2 for a plain matvec, 4 for gate/up. On the H100 F16 generation ran 158 t/s with 8
-// and 8, 161-164 with 2 and 8, 163 with 2 and 4; the integer paths lost 1-2% with 2.
-constexpr int matvec_max_warps(ggml_type type, bool swiglu) {
-    return type != ggml_type::F16 ? kMatvecWarps : (swiglu ? 4 : 2);
+// Most warps of a CTA. F16 CTAs take 2 (each thread then walks several units of its rows), so that more of
+// them fit at once. F16 generation on the H100 (tg128, same-run pairs): 8 warps 158 t/s; 2 for plain
+// matvecs and 8 for gate/up 161-164; 2 and 4: 161-163; 2 and 2: 164.5 against 161.4 for 2 and 4. The
+// integer paths lost 1-2% with 2 and keep 8.
+constexpr int matvec_max_warps(ggml_type type) {
+    return type == ggml_type::F16 ? 2 : kMatvecWarps;
 }
 
 // Sums acc [R] over the CTA; the totals are in the returned shared array (valid after the call).
@@ -463,9 +464,9 @@ void quant_check(const qweight_cuda & w, const char * what) {
     }
 }
 
-// Threads of a matvec CTA for rows of n_units units: the fewest passes over the units that
-// kMatvecWarps warps allow, then the fewest warps that make them (4096 F16 values: 128 units, 4 warps, one
-// pass; 14336: 448 units, 7 warps, two passes).
+// Threads of a matvec CTA for rows of n_units units: the fewest passes over the units that max_warps warps
+// allow, then the fewest warps that make them (4096 Q8_0 values: 128 units, 4 warps, one pass; 14336: 448
+// units, 7 warps, two passes; F16 at 2 warps: 2 and 7 passes).
 template <ggml_type T>
 unsigned matvec_threads(int64_t n_in, int max_warps) {
     const int64_t n_units  = n_in / qtraits<T>::unit;
@@ -485,10 +486,10 @@ struct matvec_launch {
     void operator()() const {
         const unsigned n_cta = unsigned(segs.s[segs.n - 1].cta_end);
         if (rope) {
-            launch_pdl(matvec_kernel<T, true>, n_cta, matvec_threads<T>(n_in, matvec_max_warps(T, false)), 0,
-                       stream, segs, row_bytes, n_in, in, *rope);
+            launch_pdl(matvec_kernel<T, true>, n_cta, matvec_threads<T>(n_in, matvec_max_warps(T)), 0, stream,
+                       segs, row_bytes, n_in, in, *rope);
         } else {
-            launch_pdl(matvec_kernel<T, false>, n_cta, matvec_threads<T>(n_in, matvec_max_warps(T, false)), 0,
+            launch_pdl(matvec_kernel<T, false>, n_cta, matvec_threads<T>(n_in, matvec_max_warps(T)), 0,
                        stream, segs, row_bytes, n_in, in, matvec_rope{});
         }
     }
@@ -503,7 +504,7 @@ struct matvec_swiglu_launch {
     template <ggml_type T>
     void operator()() const {
         launch_pdl(matvec_swiglu_kernel<T>, unsigned(ceil_div(gate.n_out, matvec_rows<T>)),
-                   matvec_threads<T>(gate.n_in, matvec_max_warps(T, true)), 0, stream,
+                   matvec_threads<T>(gate.n_in, matvec_max_warps(T)), 0, stream,
                    static_cast<const uint8_t *>(gate.data), static_cast<const uint8_t *>(up.data),
                    gate.row_bytes(), gate.n_in, gate.n_out, in, y);
     }
