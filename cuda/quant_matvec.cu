@@ -266,7 +266,7 @@ struct matvec_rope {
 };
 
 // Row `row` (value v, its pair's value pv) of a Q/K/V segment: RoPE for q and k (adjacent pairs: a CTA's
-// rows 4c..4c+3 hold two whole pairs), the fp16 store for k and v.
+// rows start at a multiple of 4, so its pairs are whole), the fp16 store for k and v.
 __device__ __forceinline__ float rope_epilogue(const matvec_rope & e, int role, int64_t row, float v,
                                                float pv) {
     const int hd = e.r.head_dim;
