@@ -171,7 +171,7 @@ void context::forward(const int32_t * tokens, int64_t n, bool logits_all, std::v
         const layer_weights & l = model_.layers[size_t(il)];
         const float * norm_next =
             il + 1 < hp.n_layer ? model_.layers[size_t(il) + 1].attn_norm : model_.output_norm;
-        if (n <= n_ub) {
+        if (n <= n_ub) {  // one chunk (generation always): one call, which a backend may fuse
             const matmul_out qkv[3] = {{&l.wq, l.bq, a.q}, {&l.wk, l.bk, a.k}, {&l.wv, l.bv, a.v}};
             be.qkv_rope_append(il, qkv, a.xn, n);
         } else {
