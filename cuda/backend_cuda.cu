@@ -195,6 +195,8 @@ class backend_cuda final : public backend {
     const qweight_cuda & weight_of(const weight & w) const;
     bool use_matvec(int64_t n_tok) const;  // one matvec per token rather than a cuBLAS product
     void * matvec_work(const qweight_cuda & w);
+    // The matvec form of outs [n] (outputs as given) into mv; returns the workspace their types need.
+    void * matvec_outs(const matmul_out * outs, int n, matvec_out * mv);
     const float * vector_of(const float * v) const;
     kv_head_cuda & head(int il, int ih) { return heads_[size_t(il) * hp_.n_head_kv + ih]; }
     const kv_head_cuda & head(int il, int ih) const { return heads_[size_t(il) * hp_.n_head_kv + ih]; }
@@ -395,6 +397,15 @@ void backend_cuda::matmul(const weight & w, const float * bias, const float * x,
 #endif
 }
 
+void * backend_cuda::matvec_outs(const matmul_out * outs, int n, matvec_out * mv) {
+    size_t work_bytes = 0;
+    for (int j = 0; j < n; ++j) {
+        mv[j]      = {weight_of(*outs[j].w), vector_of(outs[j].bias), outs[j].y};
+        work_bytes = std::max(work_bytes, matvec_cuda_work_bytes(mv[j].w));
+    }
+    return matvec_work_mem_.reserve(work_bytes, "the matvec workspace");
+}
+
 void backend_cuda::matmul_multi(const matmul_out * outs, int n, const float * x, int64_t n_tok) {
     if (!use_matvec(n_tok) || n > kMatvecSegs) {
         for (int j = 0; j < n; ++j) {
@@ -403,13 +414,7 @@ void backend_cuda::matmul_multi(const matmul_out * outs, int n, const float * x,
         return;
     }
     matvec_out mv[kMatvecSegs];
-    size_t work_bytes = 0;
-    for (int j = 0; j < n; ++j) {
-        mv[j].w    = weight_of(*outs[j].w);
-        mv[j].bias = vector_of(outs[j].bias);
-        work_bytes = std::max(work_bytes, matvec_cuda_work_bytes(mv[j].w));
-    }
-    void * work = matvec_work_mem_.reserve(work_bytes, "the matvec workspace");
+    void * work = matvec_outs(outs, n, mv);
     for (int64_t t = 0; t < n_tok; ++t) {
         for (int j = 0; j < n; ++j) {
             mv[j].y = outs[j].y + t * mv[j].w.n_out;
@@ -518,22 +523,13 @@ void backend_cuda::rope_append(int il, float * q, float * k, const float * v, in
 void backend_cuda::qkv_rope_append(int il, const matmul_out * qkv, const float * x, int64_t n_tok) {
     // One token with adjacent pairs: the Q/K/V matvec rotates and stores in its epilogue (one launch fewer
     // per layer); otherwise the products, then rope_append.
-    bool fused = n_tok == 1 && use_matvec(n_tok) && hp_.rope == rope_style::adjacent &&
-                 hp_.n_head_kv <= kRopeStoreHeads;
-    for (int j = 0; j < 3 && fused; ++j) {
-        fused = quant_cuda_supported(weight_of(*qkv[j].w).type);
-    }
-    if (!fused) {
+    if (n_tok != 1 || !use_matvec(n_tok) || hp_.rope != rope_style::adjacent ||
+        hp_.n_head_kv > kRopeStoreHeads) {
         backend::qkv_rope_append(il, qkv, x, n_tok);
         return;
     }
     matvec_out mv[3];
-    size_t work_bytes = 0;
-    for (int j = 0; j < 3; ++j) {
-        mv[j]      = {weight_of(*qkv[j].w), vector_of(qkv[j].bias), qkv[j].y};
-        work_bytes = std::max(work_bytes, matvec_cuda_work_bytes(mv[j].w));
-    }
-    void * work = matvec_work_mem_.reserve(work_bytes, "the matvec workspace");
+    void * work = matvec_outs(qkv, 3, mv);
     matvec_qkv_rope_cuda(mv, x, work, rope_of(), kv_append_dst(il, 0, hp_.n_head_kv, 1), stream_);
     kv_appended(il, 1);
 }

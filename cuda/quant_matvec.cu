@@ -484,14 +484,9 @@ struct matvec_launch {
     cudaStream_t stream;
     template <ggml_type T>
     void operator()() const {
-        const unsigned n_cta = unsigned(segs.s[segs.n - 1].cta_end);
-        if (rope) {
-            launch_pdl(matvec_kernel<T, true>, n_cta, matvec_threads<T>(n_in, matvec_max_warps(T)), 0, stream,
-                       segs, row_bytes, n_in, in, *rope);
-        } else {
-            launch_pdl(matvec_kernel<T, false>, n_cta, matvec_threads<T>(n_in, matvec_max_warps(T)), 0,
-                       stream, segs, row_bytes, n_in, in, matvec_rope{});
-        }
+        launch_pdl(rope ? matvec_kernel<T, true> : matvec_kernel<T, false>,
+                   unsigned(segs.s[segs.n - 1].cta_end), matvec_threads<T>(n_in, matvec_max_warps(T)), 0,
+                   stream, segs, row_bytes, n_in, in, rope ? *rope : matvec_rope{});
     }
 };
 
