@@ -4,6 +4,7 @@
 #include <array>
 #include <cmath>
 #include <deque>
+#include <optional>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -162,18 +163,21 @@ class backend_cuda final : public backend {
     void get_rows(const weight & w, const int32_t * ids, int64_t n, float * out) override;
     void rms_norm(const float * x, const float * g, float eps, int64_t n_rows, int64_t n_cols,
                   float * out) override {
+        prepared_.reset();
         rms_norm_cuda(x, vector_of(g), eps, n_rows, n_cols, out, stream_);
     }
-    void add_rms_norm(float * x, const float * y, const float * g, float eps, int64_t n_rows, int64_t n_cols,
-                      float * out) override {
-        add_rms_norm_cuda(x, y, vector_of(g), eps, n_rows, n_cols, out, stream_);
+    void matmul(const weight & w, const float * bias, const float * x, int64_t n_tok, float * y) override {
+        product(w, bias, x, n_tok, y, false, nullptr);
     }
-    void matmul(const weight & w, const float * bias, const float * x, int64_t n_tok, float * y) override;
+    void matmul_add(const weight & w, const float * x, int64_t n_tok, float * y,
+                    const norm_input * next) override {
+        product(w, nullptr, x, n_tok, y, true, next);
+    }
     void matmul_multi(const matmul_out * outs, int n, const float * x, int64_t n_tok) override;
-    void ffn_swiglu(const weight & w_gate, const weight & w_up, const float * x, int64_t n_tok, float * gate,
-                    float * up) override;
+    void ffn_swiglu(const weight & w_gate, const weight & w_up, const norm_input & in, int64_t n_tok,
+                    float * gate, float * up) override;
     void rope_append(int il, float * q, float * k, const float * v, int64_t n) override;
-    void qkv_rope_append(int il, const matmul_out * qkv, const float * x, int64_t n_tok) override;
+    void qkv_rope_append(int il, const matmul_out * qkv, const norm_input & in, int64_t n_tok) override;
 
     kv_head_view kv_view(int il, int ih) const override {
         const kv_head_cuda & h = head(il, ih);
@@ -194,6 +198,12 @@ class backend_cuda final : public backend {
     void upload_vector(const float * v, int64_t n);
     const qweight_cuda & weight_of(const weight & w) const;
     bool use_matvec(int64_t n_tok) const;  // one matvec per token rather than a cuBLAS product
+    // matmul, or matmul_add when add is set.
+    void product(const weight & w, const float * bias, const float * x, int64_t n_tok, float * y, bool add,
+                 const norm_input * next);
+    // The deferred form (matvec_in) of the norm input in [n_tok, n_in], row 0 (row t: x + t * n_in, part +
+    // t * n_part): the one the last product prepared for it, or norm_prepare_cuda's, written now.
+    matvec_in deferred_norm(const norm_input & in, int64_t n_tok, int64_t n_in);
     void * matvec_work(const qweight_cuda & w);
     // The matvec form of outs [n] (outputs as given) into mv; returns the workspace their types need.
     void * matvec_outs(const matmul_out * outs, int n, matvec_out * mv);
@@ -225,6 +235,15 @@ class backend_cuda final : public backend {
 
     std::array<device_buffer, size_t(act_buffer::count)> buffers_;
     device_buffer pos_mem_, ids_mem_, work_mem_, matvec_work_mem_, probs_mem_, probs_work_mem_;
+    // The norm input that the last product prepared (matmul_add's next), its partial sums in norm_part_mem_:
+    // only until the next product or norm.
+    struct prepared_norm {
+        norm_input in;
+        int64_t n_tok;
+        int n_part;
+    };
+    std::optional<prepared_norm> prepared_;
+    device_buffer norm_part_mem_;
     std::vector<int32_t> pos_;  // [n] positions of the current eval (host)
 
     std::vector<kv_head_cuda> heads_;  // [n_layer * n_head_kv]
@@ -362,6 +381,7 @@ void backend_cuda::set_positions(const int32_t * pos, int64_t n) {
 }
 
 void backend_cuda::get_rows(const weight & w, const int32_t * ids, int64_t n, float * out) {
+    prepared_.reset();
     const int32_t * d_ids = upload(ids_mem_, ids, size_t(n), "token ids");
     get_rows_cuda(weight_of(w), d_ids, n, out, stream_);
 }
@@ -378,23 +398,54 @@ void * backend_cuda::matvec_work(const qweight_cuda & w) {
     return matvec_work_mem_.reserve(matvec_cuda_work_bytes(w), "the matvec workspace");
 }
 
-void backend_cuda::matmul(const weight & w, const float * bias, const float * x, int64_t n_tok, float * y) {
+void backend_cuda::product(const weight & w, const float * bias, const float * x, int64_t n_tok, float * y,
+                           bool add, const norm_input * next) {
+    prepared_.reset();
+    if (next != nullptr && next->x != y) {
+        fail("matmul_add: the prepared norm input must read the product's output");
+    }
     const qweight_cuda & dw = weight_of(w);
     if (use_matvec(n_tok)) {
-        void * work = matvec_work(dw);
+        void * work      = matvec_work(dw);
+        const int n_part = matvec_norm_parts(dw);
+        float * part     = next == nullptr
+                               ? nullptr
+                               : static_cast<float *>(norm_part_mem_.reserve(
+                                     size_t(n_tok * n_part) * sizeof(float), "the norm's partial sums"));
         for (int64_t t = 0; t < n_tok; ++t) {
-            const matvec_out out{dw, vector_of(bias), y + t * dw.n_out};
-            matvec_multi_cuda(&out, 1, x + t * dw.n_in, work, stream_);
+            matvec_out out{dw, vector_of(bias), y + t * dw.n_out, add};
+            if (next != nullptr) {
+                out.norm_g = vector_of(next->g);
+                out.xn     = next->xn + t * dw.n_out;
+                out.part   = part + t * n_part;
+            }
+            matvec_multi_cuda(&out, 1, {x + t * dw.n_in}, work, stream_);
+        }
+        if (next != nullptr) {
+            prepared_ = prepared_norm{*next, n_tok, n_part};
         }
         return;
     }
 #ifdef TCA_HAVE_CUBLAS
     void * work = work_mem_.reserve(matmul_cuda_work_bytes(dw, n_tok), "the matmul workspace");
-    matmul_cuda(cublas_, dw, x, n_tok, y, work, stream_);
+    matmul_cuda(cublas_, dw, x, n_tok, y, add, work, stream_);
     if (bias != nullptr) {
         add_bias_cuda(y, vector_of(bias), n_tok, dw.n_out, stream_);
     }
 #endif
+}
+
+matvec_in backend_cuda::deferred_norm(const norm_input & in, int64_t n_tok, int64_t n_in) {
+    const bool ready = prepared_ && prepared_->in.x == in.x && prepared_->in.g == in.g &&
+                       prepared_->in.eps == in.eps && prepared_->in.xn == in.xn && prepared_->n_tok == n_tok;
+    int n_part       = ready ? prepared_->n_part : 1;
+    prepared_.reset();
+    auto * part = static_cast<float *>(
+        norm_part_mem_.reserve(size_t(n_tok * n_part) * sizeof(float), "the norm's partial sums"));
+    if (!ready) {
+        norm_prepare_cuda(in.x, vector_of(in.g), n_tok, n_in, in.xn, part, stream_);
+    }
+    return {in.xn, part, n_part, in.eps};
 }
 
 void * backend_cuda::matvec_outs(const matmul_out * outs, int n, matvec_out * mv) {
@@ -419,23 +470,26 @@ void backend_cuda::matmul_multi(const matmul_out * outs, int n, const float * x,
         for (int j = 0; j < n; ++j) {
             mv[j].y = outs[j].y + t * mv[j].w.n_out;
         }
-        matvec_multi_cuda(mv, n, x + t * mv[0].w.n_in, work, stream_);
+        matvec_multi_cuda(mv, n, {x + t * mv[0].w.n_in}, work, stream_);
     }
 }
 
-void backend_cuda::ffn_swiglu(const weight & w_gate, const weight & w_up, const float * x, int64_t n_tok,
-                              float * gate, float * up) {
+void backend_cuda::ffn_swiglu(const weight & w_gate, const weight & w_up, const norm_input & in,
+                              int64_t n_tok, float * gate, float * up) {
     const qweight_cuda & g = weight_of(w_gate);
     const qweight_cuda & u = weight_of(w_up);
-    if (use_matvec(n_tok) && g.type == u.type) {
-        void * work = matvec_work(g);
+    if (use_matvec(n_tok) && g.type == u.type) {  // the norm deferred into the matvec
+        void * work        = matvec_work(g);
+        const matvec_in xn = deferred_norm(in, n_tok, g.n_in);
         for (int64_t t = 0; t < n_tok; ++t) {
-            matvec_swiglu_cuda(g, u, x + t * g.n_in, gate + t * g.n_out, work, stream_);
+            matvec_swiglu_cuda(g, u, {xn.x + t * g.n_in, xn.part + t * xn.n_part, xn.n_part, xn.eps},
+                               gate + t * g.n_out, work, stream_);
         }
         return;
     }
-    matmul(w_gate, nullptr, x, n_tok, gate);
-    matmul(w_up, nullptr, x, n_tok, up);
+    rms_norm(in.x, in.g, in.eps, n_tok, g.n_in, in.xn);
+    matmul(w_gate, nullptr, in.xn, n_tok, gate);
+    matmul(w_up, nullptr, in.xn, n_tok, up);
     swiglu_cuda(gate, up, n_tok * g.n_out, stream_);
 }
 
@@ -520,17 +574,19 @@ void backend_cuda::rope_append(int il, float * q, float * k, const float * v, in
     kv_appended(il, n);
 }
 
-void backend_cuda::qkv_rope_append(int il, const matmul_out * qkv, const float * x, int64_t n_tok) {
-    // One token with adjacent pairs: the Q/K/V matvec rotates and stores in its epilogue (one launch fewer
-    // per layer); otherwise the products, then rope_append.
+void backend_cuda::qkv_rope_append(int il, const matmul_out * qkv, const norm_input & in, int64_t n_tok) {
+    // One token with adjacent pairs: the Q/K/V matvec finishes its input's deferred norm, and rotates and
+    // stores in its epilogue (two launches fewer per layer); otherwise the norm, the products, then
+    // rope_append.
     if (n_tok != 1 || !use_matvec(n_tok) || hp_.rope != rope_style::adjacent ||
         hp_.n_head_kv > kRopeStoreHeads) {
-        backend::qkv_rope_append(il, qkv, x, n_tok);
+        backend::qkv_rope_append(il, qkv, in, n_tok);
         return;
     }
     matvec_out mv[3];
     void * work = matvec_outs(qkv, 3, mv);
-    matvec_qkv_rope_cuda(mv, x, work, rope_of(), kv_append_dst(il, 0, hp_.n_head_kv, 1), stream_);
+    matvec_qkv_rope_cuda(mv, deferred_norm(in, 1, mv[0].w.n_in), work, rope_of(),
+                         kv_append_dst(il, 0, hp_.n_head_kv, 1), stream_);
     kv_appended(il, 1);
 }
 

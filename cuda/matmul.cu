@@ -26,7 +26,7 @@ size_t matmul_cuda_work_bytes(const qweight_cuda & w, int64_t n_tok) {
 }
 
 void matmul_cuda(cublasHandle_t handle, const qweight_cuda & w, const float * x, int64_t n_tok, float * y,
-                 void * work, cudaStream_t stream) {
+                 bool add, void * work, cudaStream_t stream) {
     if (n_tok <= 0) {
         return;
     }
@@ -47,7 +47,7 @@ void matmul_cuda(cublasHandle_t handle, const qweight_cuda & w, const float * x,
 
     // Column-major view: y^T [n_out, n_tok] = (w16 viewed [n_in, n_out])^T * (x16 viewed [n_in, n_tok]).
     const float alpha = 1.0f;
-    const float beta  = 0.0f;
+    const float beta  = add ? 1.0f : 0.0f;
     cublas_check(cublasSetStream(handle, stream), "cublasSetStream");
     cublas_check(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, int(w.n_out), int(n_tok), int(w.n_in), &alpha,
                               w16, CUDA_R_16F, int(w.n_in), x16, CUDA_R_16F, int(w.n_in), &beta, y,

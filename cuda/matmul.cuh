@@ -17,9 +17,9 @@ namespace tca {
 // fp16 activations [n_tok, n_in].
 size_t matmul_cuda_work_bytes(const qweight_cuda & w, int64_t n_tok);
 
-// y[t, o] = sum_i w[o, i] * x[t, i];  x [n_tok, n_in] fp32, y [n_tok, n_out] fp32. The activations are
-// rounded to fp16 (their magnitude must stay below 65504).
+// y[t, o] = sum_i w[o, i] * x[t, i], or y[t, o] += that when add is set;  x [n_tok, n_in] fp32, y [n_tok,
+// n_out] fp32. The activations are rounded to fp16 (their magnitude must stay below 65504).
 void matmul_cuda(cublasHandle_t handle, const qweight_cuda & w, const float * x, int64_t n_tok, float * y,
-                 void * work, cudaStream_t stream);
+                 bool add, void * work, cudaStream_t stream);
 
 }  // namespace tca

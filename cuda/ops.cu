@@ -28,9 +28,6 @@ __device__ __forceinline__ float block_sum(float v) {
     return sum;
 }
 
-__device__ __forceinline__ float4 f4_add(float4 a, float4 b) {
-    return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
-}
 __device__ __forceinline__ float f4_dot(float4 a) {
     return a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
 }
@@ -38,27 +35,19 @@ __device__ __forceinline__ float4 f4_scale(float4 a, float s, float4 g) {
     return make_float4(a.x * s * g.x, a.y * s * g.y, a.z * s * g.z, a.w * s * g.w);
 }
 
-// x += y when ADD (y may be null otherwise), then out = x / sqrt(mean(x^2) + eps) * g. out may alias x, or
-// y: each thread reads back only the elements it wrote itself, and y is read before out is written.
-template <bool ADD>
-__global__ void rms_norm_kernel(float * x, const float * y, const float * g, float eps, int64_t n_cols,
-                                float * out) {
+// out = x / sqrt(mean(x^2) + eps) * g. out may alias x: each thread reads back only the elements it
+// writes itself.
+__global__ void rms_norm_kernel(const float * x, const float * g, float eps, int64_t n_cols, float * out) {
     pdl_trigger();
     pdl_wait();
-    float * xr       = x + int64_t(blockIdx.x) * n_cols;
-    const float * yr = ADD ? y + int64_t(blockIdx.x) * n_cols : nullptr;
+    const float * xr = x + int64_t(blockIdx.x) * n_cols;
     float * outr     = out + int64_t(blockIdx.x) * n_cols;
     float ss         = 0.0f;
     if (n_cols % 4 == 0) {
-        auto * x4       = reinterpret_cast<float4 *>(xr);
+        const auto * x4 = reinterpret_cast<const float4 *>(xr);
         const int64_t n = n_cols / 4;
         for (int64_t c = threadIdx.x; c < n; c += blockDim.x) {
-            float4 v = x4[c];
-            if (ADD) {
-                v     = f4_add(v, reinterpret_cast<const float4 *>(yr)[c]);
-                x4[c] = v;
-            }
-            ss += f4_dot(v);
+            ss += f4_dot(x4[c]);
         }
         const float s = rsqrtf(block_sum(ss) / float(n_cols) + eps);
         for (int64_t c = threadIdx.x; c < n; c += blockDim.x) {
@@ -67,16 +56,30 @@ __global__ void rms_norm_kernel(float * x, const float * y, const float * g, flo
         return;
     }
     for (int64_t c = threadIdx.x; c < n_cols; c += blockDim.x) {
-        float v = xr[c];
-        if (ADD) {
-            v += yr[c];
-            xr[c] = v;
-        }
-        ss += v * v;
+        ss += xr[c] * xr[c];
     }
     const float s = rsqrtf(block_sum(ss) / float(n_cols) + eps);
     for (int64_t c = threadIdx.x; c < n_cols; c += blockDim.x) {
         outr[c] = xr[c] * s * g[c];
+    }
+}
+
+// norm_prepare_cuda: xn = x * g and the row's sum of squares.
+__global__ void norm_prepare_kernel(const float * x, const float * g, int64_t n_cols, float * xn,
+                                    float * part) {
+    pdl_trigger();
+    pdl_wait();
+    const float * xr = x + int64_t(blockIdx.x) * n_cols;
+    float * xnr      = xn + int64_t(blockIdx.x) * n_cols;
+    float ss         = 0.0f;
+    for (int64_t c = threadIdx.x; c < n_cols; c += blockDim.x) {
+        const float v = xr[c];
+        ss += v * v;
+        xnr[c] = v * g[c];
+    }
+    ss = block_sum(ss);
+    if (threadIdx.x == 0) {
+        part[blockIdx.x] = ss;
     }
 }
 
@@ -179,10 +182,17 @@ void rms_norm_cuda(const float * x, const float * g, float eps, int64_t n_rows, 
     if (n_rows <= 0 || n_cols <= 0) {
         return;
     }
-    // x is only read (ADD = false): the cast lets both variants share one signature.
-    launch_pdl(rms_norm_kernel<false>, unsigned(n_rows), row_threads(n_cols), 0, stream,
-               const_cast<float *>(x), static_cast<const float *>(nullptr), g, eps, n_cols, out);
+    launch_pdl(rms_norm_kernel, unsigned(n_rows), row_threads(n_cols), 0, stream, x, g, eps, n_cols, out);
     CUDA_CHECK_LAUNCH("rms_norm_kernel");
+}
+
+void norm_prepare_cuda(const float * x, const float * g, int64_t n_rows, int64_t n_cols, float * xn,
+                       float * part, cudaStream_t stream) {
+    if (n_rows <= 0 || n_cols <= 0) {
+        return;
+    }
+    launch_pdl(norm_prepare_kernel, unsigned(n_rows), row_threads(n_cols), 0, stream, x, g, n_cols, xn, part);
+    CUDA_CHECK_LAUNCH("norm_prepare_kernel");
 }
 
 void add_bias_cuda(float * y, const float * b, int64_t n_rows, int64_t n_cols, cudaStream_t stream) {
@@ -191,16 +201,6 @@ void add_bias_cuda(float * y, const float * b, int64_t n_rows, int64_t n_cols, c
     }
     add_bias_kernel<<<grid_for(n_rows * n_cols), kBlock, 0, stream>>>(y, b, n_rows, n_cols);
     CUDA_CHECK_LAUNCH("add_bias_kernel");
-}
-
-void add_rms_norm_cuda(float * x, const float * y, const float * g, float eps, int64_t n_rows, int64_t n_cols,
-                       float * out, cudaStream_t stream) {
-    if (n_rows <= 0 || n_cols <= 0) {
-        return;
-    }
-    launch_pdl(rms_norm_kernel<true>, unsigned(n_rows), row_threads(n_cols), 0, stream, x, y, g, eps, n_cols,
-               out);
-    CUDA_CHECK_LAUNCH("add_rms_norm_kernel");
 }
 
 void swiglu_cuda(float * gate, const float * up, int64_t n, cudaStream_t stream) {

@@ -13,12 +13,13 @@ namespace tca {
 void rms_norm_cuda(const float * x, const float * g, float eps, int64_t n_rows, int64_t n_cols, float * out,
                    cudaStream_t stream);
 
+// The deferred form of rms_norm(x) * g for matvec_in (quant_matvec.cuh), per row: xn[r, :] = x[r, :] * g and
+// part[r] = sum(x[r, :]^2) (one partial sum);  x, xn [n_rows, n_cols].
+void norm_prepare_cuda(const float * x, const float * g, int64_t n_rows, int64_t n_cols, float * xn,
+                       float * part, cudaStream_t stream);
+
 // y[r, :] += b;  y [n_rows, n_cols]
 void add_bias_cuda(float * y, const float * b, int64_t n_rows, int64_t n_cols, cudaStream_t stream);
-
-// x += y, then out = rms_norm(x) * g (rms_norm_cuda's rule);  x, y, out [n_rows, n_cols], out may alias y.
-void add_rms_norm_cuda(float * x, const float * y, const float * g, float eps, int64_t n_rows, int64_t n_cols,
-                       float * out, cudaStream_t stream);
 
 // gate = silu(gate) * up over n values
 void swiglu_cuda(float * gate, const float * up, int64_t n, cudaStream_t stream);

@@ -3,6 +3,8 @@
 // Q6_K multiply with int8 activations (dp4a); the others in fp32. One launch serves several products of the
 // same input (Q, K and V: up to kMatvecSegs weights of one type, one after the other in the grid), or the
 // gate and up products of a SwiGLU feed-forward, whose CTAs read 4 rows of each and store silu(g) * u.
+// RMS norms run deferred (matvec_in): the residual product that computes r writes r * g and a partial sum
+// of squares per CTA, and the products reading it scale their sums (or their int8 activations) by the norm.
 #include <algorithm>
 
 #include "common.cuh"
@@ -64,9 +66,10 @@ __device__ __forceinline__ const float * matvec_reduce(float (&acc)[R]) {
 }
 
 // acc[r] += row r . x over the CTA's share of the units, fp32 path; rows [R] point at whole weight rows.
+// acc[R] is the caller's (matvec_dot).
 template <ggml_type T, int R>
 __device__ __forceinline__ void matvec_accumulate(const uint8_t * const (&rows)[R], int64_t n_in,
-                                                  const float * x, float (&acc)[R]) {
+                                                  const float * x, float (&acc)[R + 1]) {
     using Q               = qtraits<T>;
     const int64_t n_units = n_in / Q::unit;
     for (int64_t u = threadIdx.x; u < n_units; u += blockDim.x) {
@@ -80,29 +83,79 @@ __device__ __forceinline__ void matvec_accumulate(const uint8_t * const (&rows)[
             xv[4 * c + 2]   = xx.z;
             xv[4 * c + 3]   = xx.w;
         }
+        if constexpr (T == ggml_type::F16) {
+            // Every row's 64 bytes are loaded before any is used: R * 64 bytes in flight per thread. Left
+            // to itself, ptxas batched these loads or not depending on unrelated code (90 against 134
+            // registers; F16 tg128 155.5 against 164.6 t/s after one such change).
+            uint4 raw[R][4];
 #pragma unroll
-        for (int rr = 0; rr < R; ++rr) {
-            float v[Q::unit];
-            dequant_unit<T>(rows[rr], u, v);
+            for (int rr = 0; rr < R; ++rr) {
 #pragma unroll
-            for (int e = 0; e < Q::unit; ++e) {
-                acc[rr] += v[e] * xv[e];
+                for (int c = 0; c < 4; ++c) {
+                    raw[rr][c] = reinterpret_cast<const uint4 *>(rows[rr] + u * 64)[c];
+                }
+            }
+#pragma unroll
+            for (int rr = 0; rr < R; ++rr) {
+#pragma unroll
+                for (int c = 0; c < 4; ++c) {
+                    const __half2 * h = reinterpret_cast<const __half2 *>(&raw[rr][c]);
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const float2 f = __half22float2(h[e]);
+                        acc[rr] += f.x * xv[8 * c + 2 * e];
+                        acc[rr] += f.y * xv[8 * c + 2 * e + 1];
+                    }
+                }
+            }
+        } else {
+#pragma unroll
+            for (int rr = 0; rr < R; ++rr) {
+                float v[Q::unit];
+                dequant_unit<T>(rows[rr], u, v);
+#pragma unroll
+                for (int e = 0; e < Q::unit; ++e) {
+                    acc[rr] += v[e] * xv[e];
+                }
             }
         }
     }
 }
 
 // Activations for the integer path: x quantized per 32 elements to int8, qx [n_in], with ds [n_in / 32]
-// = (scale, sum of x) so that sum_e x_e w_e ~ scale * sum_e qx_e w_e. One warp per 32-element block.
-__global__ void quantize_x_q8_kernel(const float * x, int64_t n_blocks, int8_t * qx, float2 * ds) {
+// = (scale, sum of x) so that sum_e x_e w_e ~ scale * sum_e qx_e w_e. One warp per 32-element block. With
+// part set (matvec_in's deferred norm), x * rsqrt(sum(part) / n_in + eps) is quantized instead: every CTA
+// first sums the n_part partial sums.
+__global__ void quantize_x_q8_kernel(const float * x, const float * part, int n_part, float eps, int64_t n_in,
+                                     int8_t * qx, float2 * ds) {
     pdl_trigger();
     pdl_wait();
+    float norm = 1.0f;
+    if (part != nullptr) {
+        __shared__ float s_ss[32];
+        float ss = 0.0f;
+        for (int i = threadIdx.x; i < n_part; i += blockDim.x) {
+            ss += part[i];
+        }
+        for (int o = 16; o > 0; o /= 2) {
+            ss += __shfl_xor_sync(0xffffffff, ss, o);
+        }
+        if (threadIdx.x % 32 == 0) {
+            s_ss[threadIdx.x / 32] = ss;
+        }
+        __syncthreads();
+        ss = 0.0f;
+        for (int w = 0; w < int(blockDim.x / 32); ++w) {
+            ss += s_ss[w];
+        }
+        norm = rsqrtf(ss / float(n_in) + eps);
+    }
     const int64_t b = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
     const int lane  = threadIdx.x % 32;
-    if (b >= n_blocks) {
+    if (b >= n_in / 32) {
         return;
     }
-    const float v = x[b * 32 + lane];
+    const float v = x[b * 32 + lane] * norm;
     float amax    = fabsf(v);
     float sum     = v;
     for (int o = 16; o > 0; o /= 2) {
@@ -201,7 +254,8 @@ __device__ __forceinline__ float dot_q8<ggml_type::Q6_K>(const uint8_t * row, in
 // (scale, sum) pairs ds [n_in / 32].
 template <ggml_type T, int R>
 __device__ __forceinline__ void matvec_q8_accumulate(const uint8_t * const (&rows)[R], int64_t n_in,
-                                                     const int8_t * qx, const float2 * ds, float (&acc)[R]) {
+                                                     const int8_t * qx, const float2 * ds,
+                                                     float (&acc)[R + 1]) {
     constexpr int unit    = qtraits<T>::unit;
     const int64_t n_units = n_in / unit;
     for (int64_t u = threadIdx.x; u < n_units; u += blockDim.x) {
@@ -227,21 +281,40 @@ __device__ __forceinline__ void matvec_q8_accumulate(const uint8_t * const (&row
     }
 }
 
-// The input of a matvec: x in fp32, and for the integer path its int8 form (matvec_quantize_x).
+// The input of a matvec (matvec_in): x in fp32 with the deferred norm's partial sums (part null: none),
+// and for the integer path its int8 form (matvec_input), normalised already.
 struct matvec_x {
     const float * x;
+    const float * part;
+    int n_part;
+    float eps;
     const int8_t * qx;
     const float2 * ds;
 };
 
+// The CTA's totals of row r . x for its rows [R]: returned in shared memory (valid after the call), with
+// scale set to what they must be multiplied by: for the fp32 path with a deferred norm 1 / sqrt(sum(part)
+// / n_in + eps), whose partial sums ride in the CTA's reduction; else 1 (the integer path's qx is
+// normalised already). The partial sums are read after the rows: read before them (registers held through
+// the loop) or copied ahead with cp.async, F16 tg128 measured 160-161 t/s against 165-166.
 template <ggml_type T, int R>
-__device__ __forceinline__ void matvec_dot(const uint8_t * const (&rows)[R], int64_t n_in,
-                                           const matvec_x & in, float (&acc)[R]) {
+__device__ __forceinline__ const float * matvec_dot(const uint8_t * const (&rows)[R], int64_t n_in,
+                                                    const matvec_x & in, float & scale) {
+    constexpr bool kFp32 = !kUsesQ8<T>;
+    float acc[R + 1]     = {};  // acc[R]: the norm's partial sums
     if constexpr (kUsesQ8<T>) {
         matvec_q8_accumulate<T, R>(rows, n_in, in.qx, in.ds, acc);
     } else {
         matvec_accumulate<T, R>(rows, n_in, in.x, acc);
     }
+    if (kFp32 && in.part != nullptr) {
+        for (int i = threadIdx.x; i < in.n_part; i += blockDim.x) {
+            acc[R] += in.part[i];
+        }
+    }
+    const float * sum = matvec_reduce<R + 1>(acc);
+    scale             = kFp32 && in.part != nullptr ? rsqrtf(sum[R] / float(n_in) + in.eps) : 1.0f;
+    return sum;
 }
 
 // Up to kMatvecSegs products of one input, each weight's CTAs after the previous one's.
@@ -251,6 +324,11 @@ struct matvec_seg {
     float * y;           // [n_out]
     int64_t n_out;
     int cta_end;  // CTAs of this and the earlier segments
+    bool add;     // y += the product
+    // The output prepared as a deferred-norm input (matvec_out): xn = y * norm_g, part [CTAs] (null: not).
+    const float * norm_g;
+    float * xn;
+    float * part;
 };
 struct matvec_segs {
     matvec_seg s[kMatvecSegs];
@@ -310,17 +388,38 @@ __global__ void __launch_bounds__(32 * kMatvecWarps)
         rows[rr] = sg.w + min(row0 + rr, sg.n_out - 1) * row_bytes;
     }
     pdl_wait();  // x comes from the previous kernel
-    float acc[R] = {};
-    matvec_dot<T, R>(rows, n_in, in, acc);
-    const float * sum = matvec_reduce<R>(acc);
+    float scale;
+    const float * sum = matvec_dot<T, R>(rows, n_in, in, scale);
+    if (threadIdx.x >= 32) {
+        return;  // the first warp stores the CTA's R <= 8 rows
+    }
     const int64_t row = row0 + threadIdx.x;
+    float v           = 0.0f;
     if (threadIdx.x < R && row < sg.n_out) {
-        float v = sum[threadIdx.x] + (sg.bias != nullptr ? sg.bias[row] : 0.0f);
+        // Explicit fmas: every instance rounds the same way.
+        v = __fmaf_rn(sum[threadIdx.x], scale, sg.bias != nullptr ? sg.bias[row] : 0.0f);
         if constexpr (ROPE) {
-            const float pv = sum[threadIdx.x ^ 1] + (sg.bias != nullptr ? sg.bias[row ^ 1] : 0.0f);
-            v              = rope_epilogue(rope, rope.role0 + seg, row, v, pv);
+            const float pv =
+                __fmaf_rn(sum[threadIdx.x ^ 1], scale, sg.bias != nullptr ? sg.bias[row ^ 1] : 0.0f);
+            v = rope_epilogue(rope, rope.role0 + seg, row, v, pv);
+        }
+        if (!ROPE && sg.add) {
+            v += sg.y[row];
         }
         sg.y[row] = v;
+        if (!ROPE && sg.xn != nullptr) {
+            sg.xn[row] = v * sg.norm_g[row];
+        }
+    }
+    if (!ROPE && sg.part != nullptr) {  // the sum of the rows' squares, over lanes [0, R) (R a power of two)
+        float ss = v * v;
+#pragma unroll
+        for (int o = R / 2; o > 0; o /= 2) {
+            ss += __shfl_xor_sync(0xffffffff, ss, o);
+        }
+        if (threadIdx.x == 0) {
+            sg.part[int(blockIdx.x) - cta0] = ss;
+        }
     }
 }
 
@@ -340,13 +439,12 @@ __global__ void __launch_bounds__(32 * kMatvecWarps)
         rows[RS + rr]     = up + row * row_bytes;
     }
     pdl_wait();
-    float acc[R] = {};
-    matvec_dot<T, R>(rows, n_in, in, acc);
-    const float * sum = matvec_reduce<R>(acc);
+    float scale;
+    const float * sum = matvec_dot<T, R>(rows, n_in, in, scale);
     const int64_t row = row0 + threadIdx.x;
     if (threadIdx.x < RS && row < n_out) {
-        const float g = sum[threadIdx.x];
-        y[row]        = g / (1.0f + expf(-g)) * sum[RS + threadIdx.x];
+        const float g = sum[threadIdx.x] * scale;
+        y[row]        = g / (1.0f + expf(-g)) * (sum[RS + threadIdx.x] * scale);
     }
 }
 
@@ -559,6 +657,10 @@ bool quant_cuda_supported(ggml_type type) {
     }
 }
 
+int matvec_norm_parts(const qweight_cuda & w) {
+    return int(ceil_div(w.n_out, matvec_rows_of(w.type)));
+}
+
 size_t matvec_cuda_work_bytes(const qweight_cuda & w) {
     // n_in is a multiple of 32, so the float2 array after the int8 values stays 8-byte aligned.
     const bool q8 = w.type == ggml_type::Q8_0 || w.type == ggml_type::Q4_K || w.type == ggml_type::Q6_K;
@@ -575,9 +677,9 @@ void matvec_check_work(const qweight_cuda & w, const void * work, const char * w
 }
 
 // x in the forms the kernels of these weights read: qx and ds in work when some type needs them.
-matvec_x matvec_input(const qweight_cuda * const * ws, int n, const float * x, void * work,
+matvec_x matvec_input(const qweight_cuda * const * ws, int n, const matvec_in & x, void * work,
                       cudaStream_t stream) {
-    matvec_x in{x, nullptr, nullptr};
+    matvec_x in{x.x, x.part, x.n_part, x.eps, nullptr, nullptr};
     int64_t n_in = 0;
     for (int j = 0; j < n; ++j) {
         if (matvec_cuda_work_bytes(*ws[j]) > 0) {
@@ -588,8 +690,8 @@ matvec_x matvec_input(const qweight_cuda * const * ws, int n, const float * x, v
         const int64_t n_blocks = n_in / 32;
         auto * qx              = static_cast<int8_t *>(work);
         auto * ds              = reinterpret_cast<float2 *>(qx + n_in);
-        launch_pdl(quantize_x_q8_kernel, unsigned(ceil_div(n_blocks, 8)), 256, 0, stream, x, n_blocks, qx,
-                   ds);
+        launch_pdl(quantize_x_q8_kernel, unsigned(ceil_div(n_blocks, 8)), 256, 0, stream, x.x, x.part,
+                   x.n_part, x.eps, n_in, qx, ds);
         CUDA_CHECK_LAUNCH("quantize_x_q8_kernel");
         in.qx = qx;
         in.ds = ds;
@@ -601,13 +703,13 @@ matvec_x matvec_input(const qweight_cuda * const * ws, int n, const float * x, v
 
 void matvec_cuda(const qweight_cuda & w, const float * x, float * y, void * work, cudaStream_t stream) {
     const matvec_out out{w, nullptr, y};
-    matvec_multi_cuda(&out, 1, x, work, stream);
+    matvec_multi_cuda(&out, 1, {x}, work, stream);
 }
 
 namespace {
 
 // matvec_multi_cuda, with the Q/K/V epilogue when rope is not null (outs = {q, k, v}).
-void matvec_multi(const matvec_out * outs, int n, const float * x, void * work, matvec_rope * rope,
+void matvec_multi(const matvec_out * outs, int n, const matvec_in & x, void * work, matvec_rope * rope,
                   cudaStream_t stream) {
     if (n < 1 || n > kMatvecSegs) {
         fail("matvec_multi_cuda: %d products (1 to %d)", n, kMatvecSegs);
@@ -629,7 +731,15 @@ void matvec_multi(const matvec_out * outs, int n, const float * x, void * work, 
         for (int cta = 0; j < n && outs[j].w.type == outs[j0].w.type; ++j) {
             const matvec_out & o = outs[j];
             cta += int(ceil_div(o.w.n_out, matvec_rows_of(o.w.type)));
-            segs.s[segs.n++] = {static_cast<const uint8_t *>(o.w.data), o.bias, o.y, o.w.n_out, cta};
+            segs.s[segs.n++] = {static_cast<const uint8_t *>(o.w.data),
+                                o.bias,
+                                o.y,
+                                o.w.n_out,
+                                cta,
+                                o.add,
+                                o.norm_g,
+                                o.norm_g != nullptr ? o.xn : nullptr,
+                                o.norm_g != nullptr ? o.part : nullptr};
         }
         if (rope) {
             rope->role0 = j0;
@@ -642,12 +752,13 @@ void matvec_multi(const matvec_out * outs, int n, const float * x, void * work, 
 
 }  // namespace
 
-void matvec_multi_cuda(const matvec_out * outs, int n, const float * x, void * work, cudaStream_t stream) {
+void matvec_multi_cuda(const matvec_out * outs, int n, const matvec_in & x, void * work,
+                       cudaStream_t stream) {
     matvec_multi(outs, n, x, work, nullptr, stream);
 }
 
-void matvec_qkv_rope_cuda(const matvec_out (&outs)[3], const float * x, void * work, const rope_params & r,
-                          const kv_store_dst & dst, cudaStream_t stream) {
+void matvec_qkv_rope_cuda(const matvec_out (&outs)[3], const matvec_in & x, void * work,
+                          const rope_params & r, const kv_store_dst & dst, cudaStream_t stream) {
     const int64_t n_kv = outs[1].w.n_out / std::max(1, r.head_dim);
     if (!r.adjacent || r.head_dim <= 0 || r.head_dim % 2 != 0 || r.n_rot % 2 != 0 || r.n_rot > r.head_dim ||
         outs[1].w.n_out % r.head_dim != 0 || outs[2].w.n_out != outs[1].w.n_out || n_kv > kRopeStoreHeads) {
@@ -660,7 +771,7 @@ void matvec_qkv_rope_cuda(const matvec_out (&outs)[3], const float * x, void * w
     matvec_multi(outs, 3, x, work, &rope, stream);
 }
 
-void matvec_swiglu_cuda(const qweight_cuda & gate, const qweight_cuda & up, const float * x, float * y,
+void matvec_swiglu_cuda(const qweight_cuda & gate, const qweight_cuda & up, const matvec_in & x, float * y,
                         void * work, cudaStream_t stream) {
     quant_check(gate, "matvec_swiglu_cuda");
     matvec_check_work(gate, work, "matvec_swiglu_cuda");

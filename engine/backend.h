@@ -38,6 +38,15 @@ struct matmul_out {
     float * y;
 };
 
+// The input of a product that starts with an RMS norm: the rows rms_norm(x) * g (backend::rms_norm's rule)
+// of x [n_tok, n_in]. xn [n_tok, n_in] is the backend's scratch for them, in whatever form it reads.
+struct norm_input {
+    const float * x;
+    const float * g;
+    float eps;
+    float * xn;
+};
+
 class backend {
   public:
     virtual ~backend() = default;
@@ -55,25 +64,31 @@ class backend {
     // out[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * g;  x, out [n_rows, n_cols] (may alias)
     virtual void rms_norm(const float * x, const float * g, float eps, int64_t n_rows, int64_t n_cols,
                           float * out) = 0;
-    // x += y, then out = rms_norm(x) * g (as above);  x, y, out [n_rows, n_cols], out may alias y.
-    virtual void add_rms_norm(float * x, const float * y, const float * g, float eps, int64_t n_rows,
-                              int64_t n_cols, float * out) = 0;
     // y[t, o] = sum_i w[o, i] * x[t, i] + bias[o];  x [n_tok, n_in], y [n_tok, n_out]; bias may be null.
     virtual void matmul(const weight & w, const float * bias, const float * x, int64_t n_tok, float * y) = 0;
+    // y[t, o] += sum_i w[o, i] * x[t, i]: a product added to the residual stream y [n_tok, n_out]. next, when
+    // not null, is the norm input {y, g, eps, xn} that the next call reads, y and xn unchanged in between: a
+    // backend may prepare it here (CUDA generation writes the norm's pieces in this product's epilogue, so
+    // that the norm costs no kernel).
+    virtual void matmul_add(const weight & w, const float * x, int64_t n_tok, float * y,
+                            const norm_input * next) = 0;
     // The products outs [n] of one input x [n_tok, n_in] (Q, K and V): each as matmul; a backend may run
     // them together.
     virtual void matmul_multi(const matmul_out * outs, int n, const float * x, int64_t n_tok) = 0;
-    // gate = silu(w_gate x) * (w_up x);  x [n_tok, n_in], gate [n_tok, n_ff], up [n_tok, n_ff] is scratch.
-    virtual void ffn_swiglu(const weight & w_gate, const weight & w_up, const float * x, int64_t n_tok,
+    // gate = silu(w_gate xn) * (w_up xn) with xn the rows of in [n_tok, n_in]; gate [n_tok, n_ff], up
+    // [n_tok, n_ff] is scratch.
+    virtual void ffn_swiglu(const weight & w_gate, const weight & w_up, const norm_input & in, int64_t n_tok,
                             float * gate, float * up) = 0;
     // Rotates q [n, n_head, head_dim] and k [n, n_head_kv, head_dim] in place at the positions of
     // set_positions (the model's RoPE), then appends k and v [n, n_head_kv, head_dim] to every KV head of
     // layer il at those positions.
     virtual void rope_append(int il, float * q, float * k, const float * v, int64_t n) = 0;
-    // matmul_multi of the Q, K and V products qkv [3] of x, then rope_append of their outputs: one call, so
-    // that a backend may fuse them (CUDA generation rotates and stores in the matvec's epilogue).
-    virtual void qkv_rope_append(int il, const matmul_out * qkv, const float * x, int64_t n_tok) {
-        matmul_multi(qkv, 3, x, n_tok);
+    // The RMS norm of in, matmul_multi of the Q, K and V products qkv [3] of its rows, then rope_append of
+    // their outputs: one call, so that a backend may fuse them (CUDA generation normalises in the matvec,
+    // and rotates and stores in its epilogue).
+    virtual void qkv_rope_append(int il, const matmul_out * qkv, const norm_input & in, int64_t n_tok) {
+        rms_norm(in.x, in.g, in.eps, n_tok, qkv[0].w->n_in, in.xn);
+        matmul_multi(qkv, 3, in.xn, n_tok);
         rope_append(il, qkv[0].y, qkv[1].y, qkv[2].y, n_tok);
     }
 

@@ -31,17 +31,18 @@ void backend_cpu::rms_norm(const float * x, const float * g, float eps, int64_t 
     op_rms_norm(x, g, eps, n_rows, n_cols, out, pool_);
 }
 
-void backend_cpu::add_rms_norm(float * x, const float * y, const float * g, float eps, int64_t n_rows,
-                               int64_t n_cols, float * out) {
-    op_add(x, y, n_rows * n_cols);
-    op_rms_norm(x, g, eps, n_rows, n_cols, out, pool_);
-}
-
 void backend_cpu::matmul(const weight & w, const float * bias, const float * x, int64_t n_tok, float * y) {
     tca::matmul(w, x, n_tok, y, pool_);
     if (bias != nullptr) {
         op_add_bias(y, bias, n_tok, w.n_out);
     }
+}
+
+void backend_cpu::matmul_add(const weight & w, const float * x, int64_t n_tok, float * y,
+                             const norm_input * /*next: the consumer normalises*/) {
+    product_.resize(size_t(n_tok * w.n_out));
+    tca::matmul(w, x, n_tok, product_.data(), pool_);
+    op_add(y, product_.data(), n_tok * w.n_out);
 }
 
 void backend_cpu::matmul_multi(const matmul_out * outs, int n, const float * x, int64_t n_tok) {
@@ -50,10 +51,11 @@ void backend_cpu::matmul_multi(const matmul_out * outs, int n, const float * x, 
     }
 }
 
-void backend_cpu::ffn_swiglu(const weight & w_gate, const weight & w_up, const float * x, int64_t n_tok,
+void backend_cpu::ffn_swiglu(const weight & w_gate, const weight & w_up, const norm_input & in, int64_t n_tok,
                              float * gate, float * up) {
-    tca::matmul(w_gate, x, n_tok, gate, pool_);
-    tca::matmul(w_up, x, n_tok, up, pool_);
+    op_rms_norm(in.x, in.g, in.eps, n_tok, w_gate.n_in, in.xn, pool_);
+    tca::matmul(w_gate, in.xn, n_tok, gate, pool_);
+    tca::matmul(w_up, in.xn, n_tok, up, pool_);
     op_swiglu(gate, up, n_tok * w_gate.n_out, pool_);
 }
 

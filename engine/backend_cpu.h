@@ -24,12 +24,12 @@ class backend_cpu final : public backend {
     void get_rows(const weight & w, const int32_t * ids, int64_t n, float * out) override;
     void rms_norm(const float * x, const float * g, float eps, int64_t n_rows, int64_t n_cols,
                   float * out) override;
-    void add_rms_norm(float * x, const float * y, const float * g, float eps, int64_t n_rows, int64_t n_cols,
-                      float * out) override;
     void matmul(const weight & w, const float * bias, const float * x, int64_t n_tok, float * y) override;
+    void matmul_add(const weight & w, const float * x, int64_t n_tok, float * y,
+                    const norm_input * next) override;
     void matmul_multi(const matmul_out * outs, int n, const float * x, int64_t n_tok) override;
-    void ffn_swiglu(const weight & w_gate, const weight & w_up, const float * x, int64_t n_tok, float * gate,
-                    float * up) override;
+    void ffn_swiglu(const weight & w_gate, const weight & w_up, const norm_input & in, int64_t n_tok,
+                    float * gate, float * up) override;
     void rope_append(int il, float * q, float * k, const float * v, int64_t n) override;
 
     kv_head_view kv_view(int il, int ih) const override;
@@ -50,6 +50,7 @@ class backend_cpu final : public backend {
     std::vector<int32_t> pos_;  // [n] positions of the current eval
     rope_table rope_;           // their RoPE angles
     std::array<std::vector<float>, size_t(act_buffer::count)> buffers_;
+    std::vector<float> product_;  // matmul_add's product before it is added
 };
 
 }  // namespace tca

@@ -163,18 +163,16 @@ void context::forward(const int32_t * tokens, int64_t n, bool logits_all, std::v
     }
     be.set_positions(pos.data(), n);
 
-    // Each layer ends by adding its feed-forward output to x and normalising x for what comes next: the
-    // next layer's attention, or the output.
+    // x is the residual stream: each block normalises it for its own input (inside the product where the
+    // backend can) and adds its output back to it.
     be.get_rows(model_.tok_embd, tokens, n, a.x);
-    be.rms_norm(a.x, model_.layers[0].attn_norm, hp.rms_eps, n, n_embd, a.xn);
     for (int il = 0; il < hp.n_layer; ++il) {
         const layer_weights & l = model_.layers[size_t(il)];
-        const float * norm_next =
-            il + 1 < hp.n_layer ? model_.layers[size_t(il) + 1].attn_norm : model_.output_norm;
         if (n <= n_ub) {  // one chunk (generation always): one call, which a backend may fuse
             const matmul_out qkv[3] = {{&l.wq, l.bq, a.q}, {&l.wk, l.bk, a.k}, {&l.wv, l.bv, a.v}};
-            be.qkv_rope_append(il, qkv, a.xn, n);
+            be.qkv_rope_append(il, qkv, {a.x, l.attn_norm, hp.rms_eps, a.xn}, n);  // = the last attn_next
         } else {
+            be.rms_norm(a.x, l.attn_norm, hp.rms_eps, n, n_embd, a.xn);
             for (int64_t b = 0; b < n; b += n_ub) {
                 const int64_t nb        = std::min(n_ub, n - b);
                 const matmul_out qkv[3] = {{&l.wq, l.bq, a.q + b * n_q},
@@ -190,15 +188,18 @@ void context::forward(const int32_t * tokens, int64_t n, bool logits_all, std::v
 
         attention_layer(il, n, a);
 
+        // The next layer's Q/K/V read the whole x in one call when there is one chunk: the last product
+        // prepares that input (matmul_add's next).
+        const norm_input attn_next{
+            a.x, il + 1 < hp.n_layer ? model_.layers[size_t(il) + 1].attn_norm : nullptr, hp.rms_eps, a.xn};
         for (int64_t b = 0; b < n; b += n_ub) {
             const int64_t nb = std::min(n_ub, n - b);
             float * xb       = a.x + b * n_embd;
-            float * hb       = a.xn + b * n_embd;
-            be.matmul(l.wo, nullptr, a.attn + b * n_q, nb, hb);
-            be.add_rms_norm(xb, hb, l.ffn_norm, hp.rms_eps, nb, n_embd, hb);
-            be.ffn_swiglu(l.ffn_gate, l.ffn_up, hb, nb, a.gate, a.up);
-            be.matmul(l.ffn_down, nullptr, a.gate, nb, hb);
-            be.add_rms_norm(xb, hb, norm_next, hp.rms_eps, nb, n_embd, hb);
+            const norm_input ffn_in{xb, l.ffn_norm, hp.rms_eps, a.xn + b * n_embd};
+            be.matmul_add(l.wo, a.attn + b * n_q, nb, xb, &ffn_in);
+            be.ffn_swiglu(l.ffn_gate, l.ffn_up, ffn_in, nb, a.gate, a.up);
+            be.matmul_add(l.ffn_down, a.gate, nb, xb,
+                          n <= n_ub && attn_next.g != nullptr ? &attn_next : nullptr);
         }
     }
 
@@ -207,6 +208,7 @@ void context::forward(const int32_t * tokens, int64_t n, bool logits_all, std::v
     const int64_t n_out = n - first;
     float * out         = be.buffer(act_buffer::logits, size_t(std::min(n_out, n_ub) * hp.n_vocab));
     logits.resize(size_t(n_out * hp.n_vocab));
+    be.rms_norm(a.x + first * n_embd, model_.output_norm, hp.rms_eps, n_out, n_embd, a.xn + first * n_embd);
     for (int64_t b = 0; b < n_out; b += n_ub) {
         const int64_t nb = std::min(n_ub, n_out - b);
         be.matmul(model_.output, nullptr, a.xn + (first + b) * n_embd, nb, out);

@@ -267,19 +267,72 @@ f32_array py_group_probs(const f32_array & q, const py::array & k, float scale, 
     return res;
 }
 
-f32_array py_matvec(int type_id, const u8_array & data, int64_t n_in, const f32_array & x) {
-    dweight w(type_id, data, n_in);
-    if (x.size() != n_in) {
-        fail("matvec: x has %lld values, n_in is %lld", (long long)x.size(), (long long)n_in);
+// A matvec input on the device: x [n_in]; with norm [n_in], the deferred form of rms_norm(x) * norm that
+// norm_prepare_cuda writes; with part, x is that form already (x * g, its partial sums of squares part).
+struct dinput {
+    dbuf<float> x;
+    dbuf<float> part;
+    float eps;
+
+    dinput(const f32_array & x_, int64_t n_in, const std::optional<f32_array> & norm,
+           const std::optional<f32_array> & part_, float eps_, const char * what)
+        : x(x_.data(), size_t(x_.size())),
+          part(part_ ? part_->data() : nullptr, part_  ? size_t(part_->size())
+                                                : norm ? 1
+                                                       : 0),
+          eps(eps_) {
+        if (x_.size() != n_in || (norm && norm->size() != n_in) || (norm && part_)) {
+            fail("%s: x and norm must have n_in = %lld values; norm and part exclude each other", what,
+                 (long long)n_in);
+        }
+        if (norm) {
+            const dbuf<float> g(norm->data(), size_t(n_in));
+            norm_prepare_cuda(x.p, g.p, 1, n_in, x.p, part.p, nullptr);
+            CUDA_CHECK(cudaDeviceSynchronize());
+        }
     }
-    dbuf<float> dx(x.data(), size_t(x.size()));
-    dbuf<float> y(size_t(w.w.n_out));
-    y.poison();
+    matvec_in in() const { return {x.p, part.n > 0 ? part.p : nullptr, int(part.n), eps}; }
+};
+
+// w x (of rms_norm(x) * norm when norm is given, or of the deferred form x, part), added to y when y is
+// given. With prepare [n_out], returns (y, xn, part): y also written as the deferred form of
+// rms_norm(y) * prepare.
+py::object py_matvec(int type_id, const u8_array & data, int64_t n_in, const f32_array & x,
+                     const std::optional<f32_array> & norm, const std::optional<f32_array> & part, float eps,
+                     const std::optional<f32_array> & y, const std::optional<f32_array> & prepare) {
+    dweight w(type_id, data, n_in);
+    const dinput in(x, n_in, norm, part, eps, "matvec");
+    const int64_t n_out = w.w.n_out;
+    if ((y && y->size() != n_out) || (prepare && prepare->size() != n_out)) {
+        fail("matvec: y and prepare must have n_out = %lld values", (long long)n_out);
+    }
+    dbuf<float> dy(y ? y->data() : nullptr, size_t(n_out));
+    if (!y) {
+        dy.poison();
+    }
+    dbuf<float> g(prepare ? prepare->data() : nullptr, prepare ? size_t(n_out) : 0);
+    dbuf<float> xn(prepare ? size_t(n_out) : 0);
+    dbuf<float> dpart(prepare ? size_t(matvec_norm_parts(w.w)) : 0);
+    xn.poison();
+    dpart.poison();
     dbuf<uint8_t> work(matvec_cuda_work_bytes(w.w));
-    matvec_cuda(w.w, dx.p, y.p, work.p, nullptr);
-    f32_array res(py::ssize_t(y.n));
-    y.download(res.mutable_data());
-    return res;
+    matvec_out out{w.w, nullptr, dy.p, y.has_value()};
+    if (prepare) {
+        out.norm_g = g.p;
+        out.xn     = xn.p;
+        out.part   = dpart.p;
+    }
+    matvec_multi_cuda(&out, 1, in.in(), work.p, nullptr);
+    f32_array ry(py::ssize_t(dy.n));
+    dy.download(ry.mutable_data());
+    if (!prepare) {
+        return std::move(ry);
+    }
+    f32_array rxn(py::ssize_t(xn.n));
+    f32_array rpart(py::ssize_t(dpart.n));
+    xn.download(rxn.mutable_data());
+    dpart.download(rpart.mutable_data());
+    return py::make_tuple(ry, rxn, rpart);
 }
 
 // Products of one input on the device: weights [(type, data [n_out, row_bytes], bias [n_out] or None)],
@@ -323,14 +376,12 @@ struct dproducts {
 
 // The products of matvec_multi_cuda (weights as in dproducts).
 std::vector<f32_array> py_matvec_multi(const std::vector<py::tuple> & weights, int64_t n_in,
-                                       const f32_array & x) {
-    if (x.size() != n_in) {
-        fail("matvec_multi: x has %lld values, n_in is %lld", (long long)x.size(), (long long)n_in);
-    }
+                                       const f32_array & x, const std::optional<f32_array> & norm,
+                                       float eps) {
+    const dinput in(x, n_in, norm, std::nullopt, eps, "matvec_multi");
     dproducts pr(weights, n_in);
-    dbuf<float> dx(x.data(), size_t(x.size()));
     dbuf<uint8_t> work(pr.work_bytes);
-    matvec_multi_cuda(pr.outs.data(), int(pr.outs.size()), dx.p, work.p, nullptr);
+    matvec_multi_cuda(pr.outs.data(), int(pr.outs.size()), in.in(), work.p, nullptr);
     return pr.download();
 }
 
@@ -338,17 +389,18 @@ std::vector<f32_array> py_matvec_multi(const std::vector<py::tuple> & weights, i
 // caches [n_head_kv, head_dim] fp16.
 py::list py_matvec_qkv_rope(const std::vector<py::tuple> & weights, int64_t n_in, const f32_array & x,
                             int32_t pos, int head_dim, int n_rot, float base, float scale,
-                            const std::optional<f32_array> & freq_factors) {
-    if (weights.size() != 3 || x.size() != n_in || head_dim <= 0) {
+                            const std::optional<f32_array> & freq_factors,
+                            const std::optional<f32_array> & norm, float eps) {
+    if (weights.size() != 3 || head_dim <= 0) {
         fail("matvec_qkv_rope: three weights (q, k, v), x [n_in] and a positive head_dim expected");
     }
     if (freq_factors && freq_factors->size() != n_rot / 2) {
         fail("matvec_qkv_rope: %lld freq_factors for n_rot %d", (long long)freq_factors->size(), n_rot);
     }
+    const dinput in(x, n_in, norm, std::nullopt, eps, "matvec_qkv_rope");
     dproducts pr(weights, n_in);
     const int64_t n_kv_rows = pr.outs[1].w.n_out;
     const int n_head_kv     = int(n_kv_rows / head_dim);
-    dbuf<float> dx(x.data(), size_t(x.size()));
     dbuf<uint8_t> work(pr.work_bytes);
     dbuf<int32_t> dpos(&pos, 1);
     dbuf<float> dff(freq_factors ? freq_factors->data() : nullptr,
@@ -364,7 +416,7 @@ py::list py_matvec_qkv_rope(const std::vector<py::tuple> & weights, int64_t n_in
     }
     const rope_params r{head_dim, n_rot, base, scale, freq_factors ? dff.p : nullptr, dpos.p, true};
     const matvec_out outs[3] = {pr.outs[0], pr.outs[1], pr.outs[2]};
-    matvec_qkv_rope_cuda(outs, dx.p, work.p, r, dst, nullptr);
+    matvec_qkv_rope_cuda(outs, in.in(), work.p, r, dst, nullptr);
     py::list res;
     for (f32_array & y : pr.download()) {
         res.append(y);
@@ -379,17 +431,14 @@ py::list py_matvec_qkv_rope(const std::vector<py::tuple> & weights, int64_t n_in
 }
 
 f32_array py_matvec_swiglu(int type_id, const u8_array & gate, const u8_array & up, int64_t n_in,
-                           const f32_array & x) {
+                           const f32_array & x, const std::optional<f32_array> & norm, float eps) {
     dweight wg(type_id, gate, n_in);
     dweight wu(type_id, up, n_in);
-    if (x.size() != n_in) {
-        fail("matvec_swiglu: x has %lld values, n_in is %lld", (long long)x.size(), (long long)n_in);
-    }
-    dbuf<float> dx(x.data(), size_t(x.size()));
+    const dinput in(x, n_in, norm, std::nullopt, eps, "matvec_swiglu");
     dbuf<float> y(size_t(wg.w.n_out));
     y.poison();
     dbuf<uint8_t> work(matvec_cuda_work_bytes(wg.w));
-    matvec_swiglu_cuda(wg.w, wu.w, dx.p, y.p, work.p, nullptr);
+    matvec_swiglu_cuda(wg.w, wu.w, in.in(), y.p, work.p, nullptr);
     f32_array res(py::ssize_t(y.n));
     y.download(res.mutable_data());
     return res;
@@ -422,22 +471,29 @@ f32_array py_get_rows(int type_id, const u8_array & data, int64_t n_in, const i3
 }
 
 #ifdef TCA_HAVE_CUBLAS
-f32_array py_matmul(int type_id, const u8_array & data, int64_t n_in, const f32_array & x) {
+// x w^T, added to y when y is given.
+f32_array py_matmul(int type_id, const u8_array & data, int64_t n_in, const f32_array & x,
+                    const std::optional<f32_array> & y0) {
     dweight w(type_id, data, n_in);
     if (x.ndim() != 2 || x.shape(1) != n_in) {
         fail("matmul: x must be [n_tok, n_in=%lld]", (long long)n_in);
     }
     const int64_t n_tok = x.shape(0);
+    if (y0 && y0->size() != n_tok * w.w.n_out) {
+        fail("matmul: y must be [n_tok, n_out=%lld]", (long long)w.w.n_out);
+    }
     dbuf<float> dx(x.data(), size_t(x.size()));
-    dbuf<float> y(size_t(n_tok * w.w.n_out));
+    dbuf<float> y(y0 ? y0->data() : nullptr, size_t(n_tok * w.w.n_out));
     dbuf<uint8_t> work(matmul_cuda_work_bytes(w.w, n_tok));
-    y.poison();
+    if (!y0) {
+        y.poison();
+    }
     cublasHandle_t handle = nullptr;
     if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS) {
         fail("matmul: cublasCreate failed");
     }
     try {
-        matmul_cuda(handle, w.w, dx.p, n_tok, y.p, work.p, nullptr);
+        matmul_cuda(handle, w.w, dx.p, n_tok, y.p, y0.has_value(), work.p, nullptr);
     } catch (...) {
         cublasDestroy(handle);
         throw;
@@ -521,25 +577,6 @@ py::tuple py_rope_store(const f32_array & q, const f32_array & k, const f32_arra
     kc.download(rkc.mutable_data());
     vc.download(rvc.mutable_data());
     return py::make_tuple(rq, rk, rkc, rvc);
-}
-
-// x += y, out = rms_norm(x) * g: returns (x, out).
-py::tuple py_add_rms_norm(const f32_array & x, const f32_array & y, const f32_array & g, float eps) {
-    const int64_t n_cols = x.shape(x.ndim() - 1);
-    if (y.size() != x.size() || g.size() != n_cols) {
-        fail("add_rms_norm: y must match x and g its rows' width");
-    }
-    dbuf<float> dx(x.data(), size_t(x.size()));
-    dbuf<float> dy(y.data(), size_t(y.size()));
-    dbuf<float> dg(g.data(), size_t(g.size()));
-    dbuf<float> out(size_t(x.size()));
-    out.poison();
-    add_rms_norm_cuda(dx.p, dy.p, dg.p, eps, x.size() / n_cols, n_cols, out.p, nullptr);
-    f32_array rx(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
-    f32_array rout(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
-    dx.download(rx.mutable_data());
-    out.download(rout.mutable_data());
-    return py::make_tuple(rx, rout);
 }
 
 // Times attention on device-filled random inputs for one plan: n_inner launches per timed run, over
@@ -645,17 +682,22 @@ void bind_cuda(py::module_ & m) {
           py::arg("tile_counters") = true);
     m.def("cuda_attention_group_probs", &py_group_probs, py::arg("q"), py::arg("k"), py::arg("scale"),
           py::arg("norm_begin"), py::arg("norm_end"), py::arg("out_begin"), py::arg("out_end"));
-    m.def("cuda_matvec", &py_matvec, py::arg("type"), py::arg("data"), py::arg("n_in"), py::arg("x"));
-    m.def("cuda_matvec_multi", &py_matvec_multi, py::arg("weights"), py::arg("n_in"), py::arg("x"));
+    // The matvec bindings take an RMS norm's weight (norm) and eps: x normalised in the deferred form.
+    m.def("cuda_matvec", &py_matvec, py::arg("type"), py::arg("data"), py::arg("n_in"), py::arg("x"),
+          py::arg("norm") = std::nullopt, py::arg("part") = std::nullopt, py::arg("eps") = 1e-5f,
+          py::arg("y") = std::nullopt, py::arg("prepare") = std::nullopt);
+    m.def("cuda_matvec_multi", &py_matvec_multi, py::arg("weights"), py::arg("n_in"), py::arg("x"),
+          py::arg("norm") = std::nullopt, py::arg("eps") = 1e-5f);
     m.def("cuda_matvec_qkv_rope", &py_matvec_qkv_rope, py::arg("weights"), py::arg("n_in"), py::arg("x"),
           py::arg("pos"), py::arg("head_dim"), py::arg("n_rot"), py::arg("base"), py::arg("scale"),
-          py::arg("freq_factors") = std::nullopt);
+          py::arg("freq_factors") = std::nullopt, py::arg("norm") = std::nullopt, py::arg("eps") = 1e-5f);
     m.def("cuda_matvec_swiglu", &py_matvec_swiglu, py::arg("type"), py::arg("gate"), py::arg("up"),
-          py::arg("n_in"), py::arg("x"));
+          py::arg("n_in"), py::arg("x"), py::arg("norm") = std::nullopt, py::arg("eps") = 1e-5f);
     m.def("cuda_dequantize_f16", &py_dequantize_f16, py::arg("type"), py::arg("data"), py::arg("n_in"));
     m.def("cuda_get_rows", &py_get_rows, py::arg("type"), py::arg("data"), py::arg("n_in"), py::arg("ids"));
 #ifdef TCA_HAVE_CUBLAS
-    m.def("cuda_matmul", &py_matmul, py::arg("type"), py::arg("data"), py::arg("n_in"), py::arg("x"));
+    m.def("cuda_matmul", &py_matmul, py::arg("type"), py::arg("data"), py::arg("n_in"), py::arg("x"),
+          py::arg("y") = std::nullopt);
 #endif
     m.def("cuda_rms_norm", &py_rms_norm, py::arg("x"), py::arg("g"), py::arg("eps"));
     m.def("cuda_rope_store", &py_rope_store, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("pos"),
@@ -668,7 +710,6 @@ void bind_cuda(py::module_ & m) {
         return run_inplace(gate, up,
                            [&](float * g, const float * u) { swiglu_cuda(g, u, gate.size(), nullptr); });
     });
-    m.def("cuda_add_rms_norm", &py_add_rms_norm, py::arg("x"), py::arg("y"), py::arg("g"), py::arg("eps"));
     m.def("cuda_add_bias", [](const f32_array & y, const f32_array & b) {
         const int64_t n_cols = b.size();
         if (n_cols == 0 || y.size() % n_cols != 0 || y.shape(y.ndim() - 1) != n_cols) {
