@@ -62,6 +62,26 @@ void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, c
     cuda_check(cudaLaunchKernelEx(&cfg, kernel, args...), "cudaLaunchKernelEx", __FILE__, __LINE__);
 }
 
+#ifdef __CUDACC__  // device code (the header is also read by host C++ files)
+// The sum of v over the CTA (whole warps), returned to every thread. Once per kernel: its shared slots
+// are not released for a second call.
+__device__ __forceinline__ float block_sum(float v) {
+    __shared__ float s_red[32];
+    for (int o = 16; o > 0; o /= 2) {
+        v += __shfl_xor_sync(0xffffffff, v, o);
+    }
+    if (threadIdx.x % 32 == 0) {
+        s_red[threadIdx.x / 32] = v;
+    }
+    __syncthreads();
+    float sum = 0.0f;
+    for (int w = 0; w < int(blockDim.x / 32); ++w) {
+        sum += s_red[w];
+    }
+    return sum;
+}
+#endif
+
 inline int64_t ceil_div(int64_t a, int64_t b) {
     return (a + b - 1) / b;
 }

@@ -12,21 +12,6 @@ namespace {
 // Row kernels: one CTA per row, whole-row float4 passes (rows of n_cols % 4 == 0; scalar otherwise).
 // Their threads cover a row of 4096 in one float4 each, so a row costs one memory round trip per pass.
 // Rows start 16-byte aligned: every caller passes cudaMalloc'd buffers offset by whole rows.
-__device__ __forceinline__ float block_sum(float v) {
-    __shared__ float s_red[32];
-    for (int o = 16; o > 0; o /= 2) {
-        v += __shfl_xor_sync(0xffffffff, v, o);
-    }
-    if (threadIdx.x % 32 == 0) {
-        s_red[threadIdx.x / 32] = v;
-    }
-    __syncthreads();
-    float sum = 0.0f;
-    for (int w = 0; w < int(blockDim.x / 32); ++w) {
-        sum += s_red[w];
-    }
-    return sum;
-}
 
 __device__ __forceinline__ float f4_dot(float4 a) {
     return a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;

@@ -132,23 +132,11 @@ __global__ void quantize_x_q8_kernel(const float * x, const float * part, int n_
     pdl_wait();
     float norm = 1.0f;
     if (part != nullptr) {
-        __shared__ float s_ss[32];
         float ss = 0.0f;
         for (int i = threadIdx.x; i < n_part; i += blockDim.x) {
             ss += part[i];
         }
-        for (int o = 16; o > 0; o /= 2) {
-            ss += __shfl_xor_sync(0xffffffff, ss, o);
-        }
-        if (threadIdx.x % 32 == 0) {
-            s_ss[threadIdx.x / 32] = ss;
-        }
-        __syncthreads();
-        ss = 0.0f;
-        for (int w = 0; w < int(blockDim.x / 32); ++w) {
-            ss += s_ss[w];
-        }
-        norm = rsqrtf(ss / float(n_in) + eps);
+        norm = rsqrtf(block_sum(ss) / float(n_in) + eps);
     }
     const int64_t b = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
     const int lane  = threadIdx.x % 32;
@@ -390,8 +378,9 @@ __global__ void __launch_bounds__(32 * kMatvecWarps)
     pdl_wait();  // x comes from the previous kernel
     float scale;
     const float * sum = matvec_dot<T, R>(rows, n_in, in, scale);
+    static_assert(R <= 32 && (R & (R - 1)) == 0, "the first warp holds the rows, a power of two");
     if (threadIdx.x >= 32) {
-        return;  // the first warp stores the CTA's R <= 8 rows
+        return;  // the first warp stores the CTA's rows
     }
     const int64_t row = row0 + threadIdx.x;
     float v           = 0.0f;
@@ -403,6 +392,7 @@ __global__ void __launch_bounds__(32 * kMatvecWarps)
                 __fmaf_rn(sum[threadIdx.x ^ 1], scale, sg.bias != nullptr ? sg.bias[row ^ 1] : 0.0f);
             v = rope_epilogue(rope, rope.role0 + seg, row, v, pv);
         }
+        // The Q/K/V epilogue neither adds nor prepares a norm (matvec_qkv_rope_cuda rejects both).
         if (!ROPE && sg.add) {
             v += sg.y[row];
         }
@@ -411,7 +401,7 @@ __global__ void __launch_bounds__(32 * kMatvecWarps)
             sg.xn[row] = v * sg.norm_g[row];
         }
     }
-    if (!ROPE && sg.part != nullptr) {  // the sum of the rows' squares, over lanes [0, R) (R a power of two)
+    if (!ROPE && sg.part != nullptr) {  // the sum of the rows' squares, over lanes [0, R)
         float ss = v * v;
 #pragma unroll
         for (int o = R / 2; o > 0; o /= 2) {
@@ -766,6 +756,11 @@ void matvec_qkv_rope_cuda(const matvec_out (&outs)[3], const matvec_in & x, void
             "matvec_qkv_rope_cuda: needs adjacent RoPE pairs, an even n_rot <= head_dim %d and at most %d KV "
             "heads of whole rows",
             r.head_dim, kRopeStoreHeads);
+    }
+    for (const matvec_out & o : outs) {
+        if (o.add || o.norm_g != nullptr) {
+            fail("matvec_qkv_rope_cuda: the Q/K/V products neither add to their outputs nor prepare a norm");
+        }
     }
     matvec_rope rope{r, dst, 0};
     matvec_multi(outs, 3, x, work, &rope, stream);
