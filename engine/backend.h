@@ -84,8 +84,8 @@ class backend {
     // layer il at those positions.
     virtual void rope_append(int il, float * q, float * k, const float * v, int64_t n) = 0;
     // The RMS norm of in, matmul_multi of the Q, K and V products qkv [3] of its rows, then rope_append of
-    // their outputs: one call, so that a backend may fuse them (CUDA generation normalises in the matvec,
-    // and rotates and stores in its epilogue).
+    // their outputs: one call, so that a backend may fuse them (CUDA generation finishes the norm in the
+    // matvec, and rotates and stores in its epilogue).
     virtual void qkv_rope_append(int il, const matmul_out * qkv, const norm_input & in, int64_t n_tok) {
         rms_norm(in.x, in.g, in.eps, n_tok, qkv[0].w->n_in, in.xn);
         matmul_multi(qkv, 3, in.xn, n_tok);

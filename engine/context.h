@@ -63,7 +63,7 @@ class context {
     // Activations of one eval call, in the backend's memory (context.cpp sizes them per call).
     struct activations {
         float * x;     // [n, n_embd] residual stream
-        float * xn;    // [n, n_embd] normalised input of a block
+        float * xn;    // [n, n_embd] a block's normalised input, in the backend's form (norm_input)
         float * q;     // [n, n_head, head_dim]
         float * k;     // [n, n_head_kv, head_dim]
         float * v;     // [n, n_head_kv, head_dim]
