@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstring>
 #include <deque>
 #include <optional>
 #include <unordered_map>
@@ -118,6 +119,34 @@ class device_buffer {
         cudaFree(p_);
         p_     = nullptr;
         bytes_ = 0;
+    }
+
+  private:
+    void * p_     = nullptr;
+    size_t bytes_ = 0;
+};
+
+// Page-locked host memory that grows on demand; null where the driver has none to give.
+class pinned_buffer {
+  public:
+    pinned_buffer() = default;
+    ~pinned_buffer() { cudaFreeHost(p_); }
+    pinned_buffer(const pinned_buffer &)             = delete;
+    pinned_buffer & operator=(const pinned_buffer &) = delete;
+
+    void * reserve(size_t bytes) {
+        if (bytes > bytes_) {
+            cudaFreeHost(p_);
+            p_     = nullptr;
+            bytes_ = 0;
+            if (cudaMallocHost(&p_, bytes) != cudaSuccess) {
+                cudaGetLastError();
+                p_ = nullptr;
+                return nullptr;
+            }
+            bytes_ = bytes;
+        }
+        return p_;
     }
 
   private:
@@ -257,6 +286,8 @@ class backend_cuda final : public backend {
     device_buffer plan_mem_;
     device_buffer tile_next_mem_;  // [n_head_kv] tile counters of split decode attention, kept at zero
     bool plan_has_extras_ = false;
+
+    pinned_buffer host_stage_;  // large copies to the host (logits) land here first
 };
 
 template <typename T>
@@ -736,9 +767,16 @@ void backend_cuda::group_probs(int il, int ih, const float * q, int n_group, int
     CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
+// Large copies (a token's logits: 0.5 MB for a 128K vocabulary) go through page-locked memory: a copy
+// into pageable memory is staged by the driver in chunks, and the GPU idles until the host has the logits.
 void backend_cuda::to_host(const float * src, size_t n, float * dst) {
-    CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    const size_t bytes = n * sizeof(float);
+    void * stage       = bytes >= (size_t(64) << 10) ? host_stage_.reserve(bytes) : nullptr;
+    CUDA_CHECK(cudaMemcpyAsync(stage ? stage : dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
     CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (stage) {
+        std::memcpy(dst, stage, bytes);
+    }
 }
 
 }  // namespace

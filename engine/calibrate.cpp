@@ -49,8 +49,8 @@ calibration_result calibration_stats(const model & mo, const int32_t * tokens, i
             progress(il + 1, hp.n_layer);
         }
     });
-    std::vector<float> logits;
-    ctx.eval(tokens, L, false, logits);
+    std::vector<float> logits(size_t(hp.n_vocab));
+    ctx.eval(tokens, L, false, logits.data());
     return res;
 }
 

@@ -114,7 +114,7 @@ void context::attention_layer(int il, int64_t n, const activations & a) {
     }
 }
 
-void context::eval(const int32_t * tokens, int64_t n, bool logits_all, std::vector<float> & logits) {
+void context::eval(const int32_t * tokens, int64_t n, bool logits_all, float * logits) {
     const hparams & hp = model_.hp;
     if (n <= 0) {
         fail("eval needs at least one token");
@@ -140,7 +140,7 @@ void context::eval(const int32_t * tokens, int64_t n, bool logits_all, std::vect
     n_past_ += n;
 }
 
-void context::forward(const int32_t * tokens, int64_t n, bool logits_all, std::vector<float> & logits) {
+void context::forward(const int32_t * tokens, int64_t n, bool logits_all, float * logits) {
     const hparams & hp   = model_.hp;
     backend & be         = *backend_;
     const int64_t n_embd = hp.n_embd;
@@ -207,12 +207,11 @@ void context::forward(const int32_t * tokens, int64_t n, bool logits_all, std::v
     const int64_t first = logits_all ? 0 : n - 1;
     const int64_t n_out = n - first;
     float * out         = be.buffer(act_buffer::logits, size_t(std::min(n_out, n_ub) * hp.n_vocab));
-    logits.resize(size_t(n_out * hp.n_vocab));
     be.rms_norm(a.x + first * n_embd, model_.output_norm, hp.rms_eps, n_out, n_embd, a.xn + first * n_embd);
     for (int64_t b = 0; b < n_out; b += n_ub) {
         const int64_t nb = std::min(n_ub, n_out - b);
         be.matmul(model_.output, nullptr, a.xn + (first + b) * n_embd, nb, out);
-        be.to_host(out, size_t(nb * hp.n_vocab), &logits[size_t(b * hp.n_vocab)]);
+        be.to_host(out, size_t(nb * hp.n_vocab), logits + b * hp.n_vocab);
     }
 }
 

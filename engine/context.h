@@ -31,10 +31,11 @@ class context {
   public:
     context(const model & m, const context_params & params);
 
-    // Runs tokens [n] at positions n_past() ... and appends them to the cache. logits: [n_vocab] for the
-    // last token, or [n, n_vocab] when logits_all. Throws before touching the cache when the tokens do
-    // not fit in n_ctx or an id is out of range.
-    void eval(const int32_t * tokens, int64_t n, bool logits_all, std::vector<float> & logits);
+    // Runs tokens [n] at positions n_past() ... and appends them to the cache. logits (the caller's, so that
+    // generation allocates nothing per token): [n_vocab] for the last token, or [n, n_vocab] when
+    // logits_all. Throws before touching the cache when the tokens do not fit in n_ctx or an id is out of
+    // range.
+    void eval(const int32_t * tokens, int64_t n, bool logits_all, float * logits);
 
     void reset();
 
@@ -73,7 +74,7 @@ class context {
     };
 
     // The forward pass of eval, after its checks; leaves n_past_ to the caller.
-    void forward(const int32_t * tokens, int64_t n, bool logits_all, std::vector<float> & logits);
+    void forward(const int32_t * tokens, int64_t n, bool logits_all, float * logits);
     void attention_layer(int il, int64_t n, const activations & a);
     void call_hook(int il, int64_t n, const activations & a);
 

@@ -158,16 +158,13 @@ void bind_model(py::module_ & m) {
         .def(
             "eval",
             [](context & c, const std::vector<int32_t> & tokens, bool logits_all) {
-                std::vector<float> logits;
-                {
-                    py::gil_scoped_release release;
-                    c.eval(tokens.data(), int64_t(tokens.size()), logits_all, logits);
-                }
                 const int64_t n_rows  = logits_all ? int64_t(tokens.size()) : 1;
-                const int64_t n_vocab = int64_t(logits.size()) / n_rows;
+                const int64_t n_vocab = c.get_model().hp.n_vocab;
                 py::array_t<float> out =
                     logits_all ? py::array_t<float>({n_rows, n_vocab}) : py::array_t<float>({n_vocab});
-                std::copy(logits.begin(), logits.end(), out.mutable_data());
+                float * dst = out.mutable_data();
+                py::gil_scoped_release release;
+                c.eval(tokens.data(), int64_t(tokens.size()), logits_all, dst);
                 return out;
             },
             py::arg("tokens"), py::arg("logits_all") = false)

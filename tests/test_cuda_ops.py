@@ -110,7 +110,13 @@ def test_attention_split_count_does_not_change_result():
 
 @pytest.mark.parametrize(
     "n_head,n_head_kv,d,n_entries,window,n_extra,n_split",
-    [(32, 8, 128, 20000, 0, 0, 5), (8, 2, 64, 9000, 3000, 700, 7), (4, 4, 128, 640, 0, 0, 4)],
+    [
+        (32, 8, 128, 20000, 0, 0, 5),
+        (8, 2, 64, 9000, 3000, 700, 7),
+        (4, 4, 128, 640, 0, 0, 4),
+        (16, 1, 64, 5000, 0, 0, 100),  # 16 rows per CTA, and splits left without a tile
+        (32, 8, 128, 4096, 0, 0, 32),
+    ],
 )
 def test_attention_decode_tile_counters(n_head, n_head_kv, d, n_entries, window, n_extra, n_split):
     """Decode splits that take tiles from a counter per KV head (most tiles here come from it) give the
@@ -129,6 +135,21 @@ def test_attention_decode_tile_counters(n_head, n_head_kv, d, n_entries, window,
     fixed = _core.cuda_attention(q, k, v, lo, hi, extras, n_split, tile_counters=False)
     assert rel_err(dynamic, ref) < 4e-3
     assert rel_err(dynamic, fixed.astype(np.float64)) < 1e-3
+
+
+@pytest.mark.parametrize("tile_counters", [True, False])
+def test_attention_decode_splits_rows_without_keys(tile_counters):
+    """Two decode queries over split keys, one of them with no key in one KV head: the merge of the
+    splits writes zeros there and the exact result elsewhere, with either tile schedule."""
+    rng = np.random.default_rng(11)
+    q = (rng.standard_normal((2, 8, 128)) * 2.0).astype(np.float32)
+    k, v = random_kv(rng, 2, 3000, 128)
+    lo = np.array([[0, 100], [2999, 40]], np.int32)
+    hi = np.array([[2999, 3000], [2999, 3000]], np.int32)  # head 1, query 0: empty range
+    out = _core.cuda_attention(q, k, v, lo, hi, [], 6, tile_counters=tile_counters)
+    ref = attention_ref(q, k, v, lo, hi, [])
+    assert np.array_equal(out[0, 4:], np.zeros((4, 128), np.float32))
+    assert rel_err(out, ref) < 4e-3
 
 
 def test_attention_query_without_keys_writes_zeros():
