@@ -51,19 +51,26 @@ struct attn_sink {
     int split;
     int n_split;
 
-    // o: accumulated sum of p * v, l: sum of p, m: running max (log2 domain), for local row r, dim d.
-    __device__ void emit(int r, int d, float o, float l, float m) const {
+    // o: accumulated sums of p * v for N consecutive dims from d (d a multiple of N), l: sum of p, m: running
+    // max (log2 domain), for local row r. N = 2 or 4: one vector store.
+    template <int N>
+    __device__ void emit(int r, int d, const float (&o)[N], float l, float m) const {
         const int64_t row = orow[r];
         if (row < 0) {
             return;
         }
-        const float val = l > 0.0f ? o / l : 0.0f;  // a query with no key writes zeros, like the CPU
-        if (n_split == 1) {
-            out[row * head_dim + d] = val;
-            return;
+        float val[N];
+#pragma unroll
+        for (int i = 0; i < N; ++i) {
+            val[i] = l > 0.0f ? o[i] / l : 0.0f;  // a query with no key writes zeros, like the CPU
         }
-        work[(split * n_out + row) * head_dim + d] = val;
-        if (d == 0) {
+        float * dst = n_split == 1 ? out + row * head_dim + d : work + (split * n_out + row) * head_dim + d;
+        if constexpr (N == 4) {
+            *reinterpret_cast<float4 *>(dst) = make_float4(val[0], val[1], val[2], val[3]);
+        } else {
+            *reinterpret_cast<float2 *>(dst) = make_float2(val[0], val[1]);
+        }
+        if (n_split > 1 && d == 0) {
             work[int64_t(n_split) * n_out * head_dim + split * n_out + row] =
                 l > 0.0f ? m + __log2f(l) : -INFINITY;
         }
@@ -453,15 +460,16 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
                 const int row = qrow0 + 16 * mt + g + 8 * r;
 #pragma unroll
                 for (int j = 0; j < D / 8; ++j) {
-                    sink.emit(row, 8 * j + 2 * t4, o[mt][j][2 * r], l[mt][r], m[mt][r]);
-                    sink.emit(row, 8 * j + 2 * t4 + 1, o[mt][j][2 * r + 1], l[mt][r], m[mt][r]);
+                    const float pair[2] = {o[mt][j][2 * r], o[mt][j][2 * r + 1]};
+                    sink.emit<2>(row, 8 * j + 2 * t4, pair, l[mt][r], m[mt][r]);
                 }
             }
         }
         return;
     }
 
-    // Decode shape: merge the four warps' states over their disjoint keys.
+    // Decode shape: merge the four warps' states over their disjoint keys, four dims per thread and only
+    // for the rows that exist (a GQA group of 4 fills 4 of the 16; the padding rows cost microseconds).
     __syncthreads();
     float * s_o  = reinterpret_cast<float *>(smem);  // [kWarps][16][LDO]
     float * s_ml = s_o + kWarps * 16 * C::LDO;       // [kWarps][16] max, then [kWarps][16] sum
@@ -474,14 +482,15 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
         }
 #pragma unroll
         for (int j = 0; j < D / 8; ++j) {
-            s_o[(warp * 16 + row) * C::LDO + 8 * j + 2 * t4]     = o[0][j][2 * r];
-            s_o[(warp * 16 + row) * C::LDO + 8 * j + 2 * t4 + 1] = o[0][j][2 * r + 1];
+            *reinterpret_cast<float2 *>(s_o + (warp * 16 + row) * C::LDO + 8 * j + 2 * t4) =
+                make_float2(o[0][j][2 * r], o[0][j][2 * r + 1]);
         }
     }
     __syncthreads();
-    for (int c = threadIdx.x; c < 16 * D; c += kThreads) {
-        const int row = c / D;
-        const int d   = c % D;
+    const int n_valid = int(min(int64_t(C::M), n_rows - row0));
+    for (int c = threadIdx.x; c < n_valid * (D / 4); c += kThreads) {
+        const int row = c / (D / 4);
+        const int d   = (c % (D / 4)) * 4;
         float mx      = -INFINITY;
 #pragma unroll
         for (int w = 0; w < kWarps; ++w) {
@@ -489,14 +498,18 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
         }
         const float base = mx == -INFINITY ? 0.0f : mx;
         float ls         = 0.0f;
-        float os         = 0.0f;
+        float os[4]      = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
         for (int w = 0; w < kWarps; ++w) {
-            const float f = fast_exp2(s_ml[w * 16 + row] - base);
+            const float f  = fast_exp2(s_ml[w * 16 + row] - base);
+            const float4 v = *reinterpret_cast<const float4 *>(s_o + (w * 16 + row) * C::LDO + d);
             ls += s_ml[kWarps * 16 + w * 16 + row] * f;
-            os += s_o[(w * 16 + row) * C::LDO + d] * f;
+            os[0] += v.x * f;
+            os[1] += v.y * f;
+            os[2] += v.z * f;
+            os[3] += v.w * f;
         }
-        sink.emit(row, d, os, ls, mx);
+        sink.emit<4>(row, d, os, ls, mx);
     }
 }
 
