@@ -541,19 +541,32 @@ __global__ void __launch_bounds__(kMergeThreads)
     float mx            = -INFINITY;
     float den           = 0.0f;
     float4 num          = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll 4
-    for (int s = phase; s < n_split; s += n_phase) {
-        const float ls = lse[s * n_out + row];
-        const float4 o = reinterpret_cast<const float4 *>(work + (s * n_out + row) * head_dim)[d4];
-        if (ls == -INFINITY) {
-            continue;  // a split without keys for this row
+    // Four splits per pass, all loaded before any is used: a loop that skips empty splits as it goes took
+    // 2 us to read the four splits of a 32-split decode step, against 1 us loaded at once (H100).
+    constexpr int kBatch = 4;
+    for (int s0 = phase; s0 < n_split; s0 += kBatch * n_phase) {
+        float ls[kBatch];
+        float4 o[kBatch];
+#pragma unroll
+        for (int k = 0; k < kBatch; ++k) {
+            const int s = s0 + k * n_phase;
+            ls[k]       = s < n_split ? lse[s * n_out + row] : -INFINITY;
+            o[k] = s < n_split ? reinterpret_cast<const float4 *>(work + (s * n_out + row) * head_dim)[d4]
+                               : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         }
-        const float nmx = fmaxf(mx, ls);
-        const float a   = fast_exp2(mx - nmx);  // 0 while mx is still -inf
-        const float w   = fast_exp2(ls - nmx);
-        mx              = nmx;
-        den             = den * a + w;
-        num = make_float4(num.x * a + w * o.x, num.y * a + w * o.y, num.z * a + w * o.z, num.w * a + w * o.w);
+#pragma unroll
+        for (int k = 0; k < kBatch; ++k) {
+            if (ls[k] == -INFINITY) {
+                continue;  // a split without keys for this row, or past the last split
+            }
+            const float nmx = fmaxf(mx, ls[k]);
+            const float a   = fast_exp2(mx - nmx);  // 0 while mx is still -inf
+            const float w   = fast_exp2(ls[k] - nmx);
+            mx              = nmx;
+            den             = den * a + w;
+            num = make_float4(num.x * a + w * o[k].x, num.y * a + w * o[k].y, num.z * a + w * o[k].z,
+                              num.w * a + w * o[k].w);
+        }
     }
     s_num[threadIdx.x] = num;
     s_max[threadIdx.x] = mx;
