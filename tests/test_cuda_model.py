@@ -73,6 +73,22 @@ def test_random_model_logits_match_cpu(cuda_models, name):
 
 
 @needs_gpu
+def test_large_vocabulary_logits_match_cpu(tmp_path):
+    """Logits of 16,384 floats and more reach the host through the page-locked staging buffer: a whole
+    prompt's and then single tokens', against the CPU's."""
+    import factory
+
+    path = factory.write_random_model(
+        str(tmp_path / "vocab.gguf"), n_layer=1, n_embd=128, n_head=2, n_head_kv=1, n_vocab=20011, seed=4
+    )
+    tokens = np.random.default_rng(6).integers(0, 20011, size=12).tolist()
+    gpu, _ = run(path, "cuda", tokens[:9], tokens[9:])
+    cpu, _ = run(path, "cpu", tokens[:9], tokens[9:])
+    assert gpu.shape == (12, 20011)
+    assert rel_err(gpu, cpu) < 3e-2
+
+
+@needs_gpu
 def test_tca_prefill_and_decode_match_cpu(cuda_models):
     """Sparse prefill (scores on the GPU, selection on the host) and compacting decode keep the same
     tokens per head as the CPU path, with logits close to it."""
