@@ -96,27 +96,27 @@ void * device_alloc_async(size_t bytes, const char * what, cudaStream_t stream) 
     return p;
 }
 
-// A device allocation that grows on demand (contents are lost when it grows).
-class device_buffer {
+// Memory that grows on demand (contents are lost when it grows). Mem::alloc returns the memory, or null
+// or throws when there is none; Mem::free releases it.
+template <typename Mem>
+class growing_buffer {
   public:
-    device_buffer() = default;
-    ~device_buffer() { cudaFree(p_); }
-    device_buffer(const device_buffer &)             = delete;
-    device_buffer & operator=(const device_buffer &) = delete;
+    growing_buffer() = default;
+    ~growing_buffer() { Mem::free(p_); }
+    growing_buffer(const growing_buffer &)             = delete;
+    growing_buffer & operator=(const growing_buffer &) = delete;
 
     void * reserve(size_t bytes, const char * what) {
         if (bytes > bytes_) {
-            cudaFree(p_);
-            p_     = nullptr;
-            bytes_ = 0;
-            p_     = device_alloc(bytes, what);
-            bytes_ = bytes;
+            release();
+            p_     = Mem::alloc(bytes, what);
+            bytes_ = p_ != nullptr ? bytes : 0;
         }
         return p_;
     }
     void * get() const { return p_; }
     void release() {
-        cudaFree(p_);
+        Mem::free(p_);
         p_     = nullptr;
         bytes_ = 0;
     }
@@ -126,33 +126,24 @@ class device_buffer {
     size_t bytes_ = 0;
 };
 
-// Page-locked host memory that grows on demand; null where the driver has none to give.
-class pinned_buffer {
-  public:
-    pinned_buffer() = default;
-    ~pinned_buffer() { cudaFreeHost(p_); }
-    pinned_buffer(const pinned_buffer &)             = delete;
-    pinned_buffer & operator=(const pinned_buffer &) = delete;
-
-    void * reserve(size_t bytes) {
-        if (bytes > bytes_) {
-            cudaFreeHost(p_);
-            p_     = nullptr;
-            bytes_ = 0;
-            if (cudaMallocHost(&p_, bytes) != cudaSuccess) {
-                cudaGetLastError();
-                p_ = nullptr;
-                return nullptr;
-            }
-            bytes_ = bytes;
-        }
-        return p_;
-    }
-
-  private:
-    void * p_     = nullptr;
-    size_t bytes_ = 0;
+struct device_mem {  // throws a named out-of-memory error
+    static void * alloc(size_t bytes, const char * what) { return device_alloc(bytes, what); }
+    static void free(void * p) { cudaFree(p); }
 };
+using device_buffer = growing_buffer<device_mem>;
+
+struct pinned_mem {  // page-locked host memory; null where the driver has none to give
+    static void * alloc(size_t bytes, const char *) {
+        void * p = nullptr;
+        if (cudaMallocHost(&p, bytes) != cudaSuccess) {
+            cudaGetLastError();
+            return nullptr;
+        }
+        return p;
+    }
+    static void free(void * p) { cudaFreeHost(p); }
+};
+using pinned_buffer = growing_buffer<pinned_mem>;
 
 // out[j, :] = src[idx[j], :] for j < n, rows of head_dim values, for K and V at once.
 __global__ void kv_gather_kernel(const __half * k, const __half * v, const int32_t * idx, int64_t n,
@@ -771,7 +762,7 @@ void backend_cuda::group_probs(int il, int ih, const float * q, int n_group, int
 // into pageable memory is staged by the driver in chunks, and the GPU idles until the host has the logits.
 void backend_cuda::to_host(const float * src, size_t n, float * dst) {
     const size_t bytes = n * sizeof(float);
-    void * stage       = bytes >= (size_t(64) << 10) ? host_stage_.reserve(bytes) : nullptr;
+    void * stage       = bytes >= (size_t(64) << 10) ? host_stage_.reserve(bytes, "logits") : nullptr;
     CUDA_CHECK(cudaMemcpyAsync(stage ? stage : dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
     CUDA_CHECK(cudaStreamSynchronize(stream_));
     if (stage) {
