@@ -55,6 +55,7 @@ struct attn_sink {
     // max (log2 domain), for local row r. N = 2 or 4: one vector store.
     template <int N>
     __device__ void emit(int r, int d, const float (&o)[N], float l, float m) const {
+        static_assert(N == 2 || N == 4, "one float2 or float4 store");
         const int64_t row = orow[r];
         if (row < 0) {
             return;
