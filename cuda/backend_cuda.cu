@@ -762,7 +762,7 @@ void backend_cuda::group_probs(int il, int ih, const float * q, int n_group, int
 // into pageable memory is staged by the driver in chunks, and the GPU idles until the host has the logits.
 void backend_cuda::to_host(const float * src, size_t n, float * dst) {
     const size_t bytes = n * sizeof(float);
-    void * stage       = bytes >= (size_t(64) << 10) ? host_stage_.reserve(bytes, "logits") : nullptr;
+    void * stage = bytes >= (size_t(64) << 10) ? host_stage_.reserve(bytes, "the host copy stage") : nullptr;
     CUDA_CHECK(cudaMemcpyAsync(stage ? stage : dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
     CUDA_CHECK(cudaStreamSynchronize(stream_));
     if (stage) {
