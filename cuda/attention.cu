@@ -3,39 +3,42 @@
 // A CTA takes M packed query rows of one KV head (row r = query r / n_group, head r % n_group of the
 // group, so K/V tiles are shared by the whole GQA group) and walks that tile's key list in tiles of
 // kTileN keys: first the extra entries below the largest lo of the tile, then the dense range
-// [min lo, max hi). Each key is masked per query with the CPU core's rule. Two shapes share the code:
+// [min lo, max hi). Each key is masked per query with the CPU core's rule. Two shapes share the code
+// (decode's tile math is in attention_decode.cuh):
 //   prefill (M = 128): each of the 4 warps owns 32 rows (two m-tiles) and all keys of a tile;
-//   decode  (M = 16): the 4 warps share the rows and take a quarter of each tile's keys each, and their
-//                     softmax states are merged in shared memory at the end.
+//   decode  (M = 8 or 16): the 4 warps share the rows and take a quarter of each tile's keys each, and
+//                     their softmax states are merged in shared memory at the end.
 // The key list may be split over gridDim.z CTAs; their partial results (output normalised within
 // the split, plus its log-sum-exp) go to the workspace and a second kernel merges them. Prefill splits own
 // contiguous ranges of tiles; decode splits take three tiles each and then draw from a counter per KV head.
 #include <algorithm>
 #include <climits>
+#include <type_traits>
 
 #include "attention.cuh"
+#include "attention_decode.cuh"
 #include "common.cuh"
-#include "mma.cuh"
 
 namespace tca {
 
 namespace {
 
-constexpr int kWarps   = 4;
-constexpr int kThreads = 32 * kWarps;
-constexpr int kTileN   = 64;  // keys per tile
-constexpr float kLog2e = 1.4426950408889634f;
+constexpr int kThreads     = 32 * kWarps;
+constexpr float kLog2e     = 1.4426950408889634f;
+constexpr int kPrefillRows = 32 * kWarps;  // each warp owns two m-tiles of 16 rows
 
-template <int D, bool SPLIT_KEYS>
+// M: packed query rows per CTA, kPrefillRows for prefill or 8 or 16 for decode (which splits the keys).
+template <int D, int M_>
 struct attn_cfg {
-    static constexpr int MT        = SPLIT_KEYS ? 1 : 2;                     // 16-row m-tiles per warp
-    static constexpr int M         = SPLIT_KEYS ? 16 : 16 * MT * kWarps;     // packed query rows per CTA
-    static constexpr int NK        = SPLIT_KEYS ? kTileN / kWarps : kTileN;  // keys of a tile per warp
+    static constexpr int M       = M_;
+    static constexpr bool decode = M <= 16;
+    static_assert(M == kPrefillRows || M == 8 || M == 16, "prefill rows or one or two decode n-tiles");
+    using decode_state             = keys_tile<D, decode ? M / 8 : 1>;
     static constexpr int LD        = D + 8;  // shared row stride in halves: 16-byte pad, no bank conflicts
     static constexpr int LDO       = D + 4;  // row stride of the fp32 merge buffer
     static constexpr size_t tile   = size_t(kTileN) * LD;            // halves of one K or V tile
     static constexpr size_t kv     = 2 * 2 * tile * sizeof(__half);  // double-buffered K and V
-    static constexpr size_t merge  = SPLIT_KEYS ? size_t(kWarps) * 16 * (LDO + 2) * sizeof(float) : 0;
+    static constexpr size_t merge  = decode ? size_t(kWarps) * M * (LDO + 2) * sizeof(float) : 0;
     static constexpr size_t region = kv > merge ? kv : merge;
     static constexpr size_t q      = size_t(M) * LD * sizeof(__half);
     static constexpr size_t smem   = region + q + 2 * kTileN * sizeof(int32_t);  // + key indices per buffer
@@ -78,14 +81,14 @@ struct attn_sink {
     }
 };
 
-template <int D, bool SPLIT_KEYS>
+template <int D, int M>
 __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p, int n_split) {
+    using C                   = attn_cfg<D, M>;
+    constexpr bool SPLIT_KEYS = C::decode;
     pdl_trigger();  // the next kernel's CTAs may start (they wait for this kernel to end)
     if (!SPLIT_KEYS) {
         pdl_wait();  // decode waits after issuing the loads of K/V written before this step (below)
     }
-    using C          = attn_cfg<D, SPLIT_KEYS>;
-    constexpr int MT = C::MT;
     extern __shared__ __align__(16) unsigned char smem[];
     __half * s_kv   = reinterpret_cast<__half *>(smem);                      // [buf][K|V][kTileN][LD]
     __half * s_q    = reinterpret_cast<__half *>(smem + C::region);          // [M][LD]
@@ -103,8 +106,6 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
 
     const int warp    = threadIdx.x / 32;
     const int lane    = threadIdx.x % 32;
-    const int g       = lane / 4;
-    const int t4      = lane % 4;
     const int ig      = blockIdx.y;
     const int split   = blockIdx.z;
     const int n_group = p.n_head / p.n_head_kv;
@@ -174,7 +175,6 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
         s_ext[7]       = n_ex + min(s_ext[1], s_ext[3]) - s_ext[0];
     }
     __syncthreads();
-    const int qrow0   = SPLIT_KEYS ? 0 : 16 * MT * warp;
     const int lo_min  = s_ext[0];
     const int n_ex    = s_ext[4];
     const int n_dense = max(0, s_ext[1] - lo_min);
@@ -277,6 +277,12 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
         dst[1]        = __floats2half2_rn(x.z * q_scale, x.w * q_scale);
     }
 
+    // Running softmax states: prefill's rows layout here (MT m-tiles of 16 rows per warp), decode's in
+    // keys_tile (attention_decode.cuh). Each shape leaves the other's unused.
+    constexpr int MT = 2;
+    const int qrow0  = 32 * warp;
+    const int g      = lane / 4;
+    const int t4     = lane % 4;
     float m[MT][2];
     float l[MT][2];
     float o[MT][D / 8][4];
@@ -289,7 +295,8 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
             o[mt][j][0] = o[mt][j][1] = o[mt][j][2] = o[mt][j][3] = 0.0f;
         }
     }
-    const int kofs = SPLIT_KEYS ? C::NK * warp : 0;
+    typename C::decode_state st;
+    st.init();
 
     for (int step = 0;; ++step) {
         const int tile = SPLIT_KEYS ? cur : tb + step;
@@ -322,116 +329,125 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
         const __half * s_v   = s_k + C::tile;
         const int32_t * keys = s_key + buf * kTileN;
 
-        // S = Q K^T for this warp's rows and NK keys; each K fragment serves MT m-tiles.
-        float s[MT][C::NK / 8][4];
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-            for (int j = 0; j < C::NK / 8; ++j) {
-                s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.0f;
-            }
-        }
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-            uint32_t qa[MT][4];
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-                ldmatrix_x4(qa[mt], s_q + (qrow0 + 16 * mt + (lane % 8) + 8 * ((lane / 8) % 2)) * C::LD +
-                                        16 * kk + 8 * (lane / 16));
-            }
-#pragma unroll
-            for (int np = 0; np < C::NK / 16; ++np) {
-                uint32_t b[4];
-                ldmatrix_x4(b, s_k + (kofs + 16 * np + (lane % 8) + 8 * (lane / 16)) * C::LD + 16 * kk +
-                                   8 * ((lane / 8) % 2));
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt) {
-                    mma_f16_f32(s[mt][2 * np], qa[mt], b[0], b[1]);
-                    mma_f16_f32(s[mt][2 * np + 1], qa[mt], b[2], b[3]);
-                }
-            }
-        }
-
         // Mask unless every key of the tile is visible to every row: dense keys inside every row's range,
-        // or extras all below every row's lo.
+        // or extras all below every row's lo. The rows' ranges come from shared memory: registers are all
+        // taken in prefill, and only tiles on a range edge need them.
         const int t0         = tile * kTileN;
         const bool all_valid = (t0 >= s_ext[6] && t0 + kTileN <= s_ext[7]) || t0 + kTileN <= s_ext[5];
-        if (!all_valid) {
+        const tile_keys tk{keys, s_rlo, s_rhi, t0, n_ex, all_valid};
+        if constexpr (SPLIT_KEYS) {
+            if (step == 0) {
+                st.load_q(s_q, lane);
+            }
+            st.step(s_k, s_v, tk, keys_tile<D, 1>::NK * warp, lane);
+        } else {
+            // S = Q K^T for this warp's 32 rows and the tile's keys; each K fragment serves MT m-tiles.
+            float s[MT][kTileN / 8][4];
 #pragma unroll
-            for (int j = 0; j < C::NK / 8; ++j) {
+            for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int col  = kofs + 8 * j + 2 * t4 + (e & 1);
-                    const int key  = keys[col];
-                    const int r    = e >> 1;
-                    const bool ext = t0 + col < n_ex;
+                for (int j = 0; j < kTileN / 8; ++j) {
+                    s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.0f;
+                }
+            }
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk) {
+                uint32_t qa[MT][4];
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    ldmatrix_x4(qa[mt], s_q + (qrow0 + 16 * mt + (lane % 8) + 8 * ((lane / 8) % 2)) * C::LD +
+                                            16 * kk + 8 * (lane / 16));
+                }
+#pragma unroll
+                for (int np = 0; np < kTileN / 16; ++np) {
+                    uint32_t b[4];
+                    ldmatrix_x4(b, s_k + (16 * np + (lane % 8) + 8 * (lane / 16)) * C::LD + 16 * kk +
+                                       8 * ((lane / 8) % 2));
 #pragma unroll
                     for (int mt = 0; mt < MT; ++mt) {
-                        // The row's key range (padding rows see nothing), from shared memory: registers are
-                        // all taken in prefill, and only tiles on a range edge come here.
-                        const int row  = qrow0 + 16 * mt + g + 8 * r;
-                        const int rl   = s_rlo[row];
-                        const int rh   = s_rhi[row];
-                        const bool vis = key >= 0 && (ext ? key < rl : (key >= rl && key < rh));
-                        if (!vis) {
-                            s[mt][j][e] = -INFINITY;
+                        mma_f16_f32(s[mt][2 * np], qa[mt], b[0], b[1]);
+                        mma_f16_f32(s[mt][2 * np + 1], qa[mt], b[2], b[3]);
+                    }
+                }
+            }
+
+            if (!tk.all_valid) {
+#pragma unroll
+                for (int j = 0; j < kTileN / 8; ++j) {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int col  = 8 * j + 2 * t4 + (e & 1);
+                        const int key  = keys[col];
+                        const int r    = e >> 1;
+                        const bool ext = t0 + col < n_ex;
+#pragma unroll
+                        for (int mt = 0; mt < MT; ++mt) {
+                            // The row's key range (padding rows see nothing), from shared memory: registers
+                            // are all taken in prefill, and only tiles on a range edge come here.
+                            const int row  = qrow0 + 16 * mt + g + 8 * r;
+                            const int rl   = s_rlo[row];
+                            const int rh   = s_rhi[row];
+                            const bool vis = key >= 0 && (ext ? key < rl : (key >= rl && key < rh));
+                            if (!vis) {
+                                s[mt][j][e] = -INFINITY;
+                            }
                         }
                     }
                 }
             }
-        }
 
-        // Online softmax: rescale the running state to the new row maxima.
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                float mx = m[mt][r];
-#pragma unroll
-                for (int j = 0; j < C::NK / 8; ++j) {
-                    mx = fmaxf(mx, fmaxf(s[mt][j][2 * r], s[mt][j][2 * r + 1]));
-                }
-                mx                = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
-                mx                = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
-                const float base  = mx == -INFINITY ? 0.0f : mx;  // a row with no key yet stays at zero
-                const float alpha = fast_exp2(m[mt][r] - base);
-                m[mt][r]          = mx;
-                float sum         = 0.0f;
-#pragma unroll
-                for (int j = 0; j < C::NK / 8; ++j) {
-                    s[mt][j][2 * r]     = fast_exp2(s[mt][j][2 * r] - base);
-                    s[mt][j][2 * r + 1] = fast_exp2(s[mt][j][2 * r + 1] - base);
-                    sum += s[mt][j][2 * r] + s[mt][j][2 * r + 1];
-                }
-                l[mt][r] = l[mt][r] * alpha + sum;
-#pragma unroll
-                for (int j = 0; j < D / 8; ++j) {
-                    o[mt][j][2 * r] *= alpha;
-                    o[mt][j][2 * r + 1] *= alpha;
-                }
-            }
-        }
-
-        // O += P V: the S accumulators of two adjacent key groups form one A fragment.
-#pragma unroll
-        for (int kc = 0; kc < C::NK / 16; ++kc) {
-            uint32_t a[MT][4];
+            // Online softmax: rescale the running state to the new row maxima.
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) {
-                a[mt][0] = pack_half2(s[mt][2 * kc][0], s[mt][2 * kc][1]);
-                a[mt][1] = pack_half2(s[mt][2 * kc][2], s[mt][2 * kc][3]);
-                a[mt][2] = pack_half2(s[mt][2 * kc + 1][0], s[mt][2 * kc + 1][1]);
-                a[mt][3] = pack_half2(s[mt][2 * kc + 1][2], s[mt][2 * kc + 1][3]);
-            }
 #pragma unroll
-            for (int dp = 0; dp < D / 16; ++dp) {
-                uint32_t b[4];
-                ldmatrix_x4_trans(b, s_v + (kofs + 16 * kc + (lane % 8) + 8 * ((lane / 8) % 2)) * C::LD +
-                                         16 * dp + 8 * (lane / 16));
+                for (int r = 0; r < 2; ++r) {
+                    float mx = m[mt][r];
+#pragma unroll
+                    for (int j = 0; j < kTileN / 8; ++j) {
+                        mx = fmaxf(mx, fmaxf(s[mt][j][2 * r], s[mt][j][2 * r + 1]));
+                    }
+                    mx                = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+                    mx                = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+                    const float base  = mx == -INFINITY ? 0.0f : mx;  // a row with no key yet stays at zero
+                    const float alpha = fast_exp2(m[mt][r] - base);
+                    m[mt][r]          = mx;
+                    float sum         = 0.0f;
+#pragma unroll
+                    for (int j = 0; j < kTileN / 8; ++j) {
+                        s[mt][j][2 * r]     = fast_exp2(s[mt][j][2 * r] - base);
+                        s[mt][j][2 * r + 1] = fast_exp2(s[mt][j][2 * r + 1] - base);
+                        sum += s[mt][j][2 * r] + s[mt][j][2 * r + 1];
+                    }
+                    l[mt][r] = l[mt][r] * alpha + sum;
+#pragma unroll
+                    for (int j = 0; j < D / 8; ++j) {
+                        o[mt][j][2 * r] *= alpha;
+                        o[mt][j][2 * r + 1] *= alpha;
+                    }
+                }
+            }
+
+            // O += P V: the S accumulators of two adjacent key groups form one A fragment.
+#pragma unroll
+            for (int kc = 0; kc < kTileN / 16; ++kc) {
+                uint32_t a[MT][4];
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt) {
-                    mma_f16_f32(o[mt][2 * dp], a[mt], b[0], b[1]);
-                    mma_f16_f32(o[mt][2 * dp + 1], a[mt], b[2], b[3]);
+                    a[mt][0] = pack_half2(s[mt][2 * kc][0], s[mt][2 * kc][1]);
+                    a[mt][1] = pack_half2(s[mt][2 * kc][2], s[mt][2 * kc][3]);
+                    a[mt][2] = pack_half2(s[mt][2 * kc + 1][0], s[mt][2 * kc + 1][1]);
+                    a[mt][3] = pack_half2(s[mt][2 * kc + 1][2], s[mt][2 * kc + 1][3]);
+                }
+#pragma unroll
+                for (int dp = 0; dp < D / 16; ++dp) {
+                    uint32_t b[4];
+                    ldmatrix_x4_trans(b, s_v + (16 * kc + (lane % 8) + 8 * ((lane / 8) % 2)) * C::LD +
+                                             16 * dp + 8 * (lane / 16));
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt) {
+                        mma_f16_f32(o[mt][2 * dp], a[mt], b[0], b[1]);
+                        mma_f16_f32(o[mt][2 * dp + 1], a[mt], b[2], b[3]);
+                    }
                 }
             }
         }
@@ -443,17 +459,16 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
         }
     }
 
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            l[mt][r] += __shfl_xor_sync(0xffffffff, l[mt][r], 1);
-            l[mt][r] += __shfl_xor_sync(0xffffffff, l[mt][r], 2);
-        }
-    }
-
     const attn_sink sink{p.out, p.work, p.n_q * p.n_head, s_orow, D, split, n_split};
-    if (!SPLIT_KEYS) {
+    if constexpr (!SPLIT_KEYS) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                l[mt][r] += __shfl_xor_sync(0xffffffff, l[mt][r], 1);
+                l[mt][r] += __shfl_xor_sync(0xffffffff, l[mt][r], 2);
+            }
+        }
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -466,51 +481,39 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
                 }
             }
         }
-        return;
-    }
-
-    // Decode shape: merge the four warps' states over their disjoint keys, four dims per thread and only
-    // for the rows that exist (a GQA group of 4 fills 4 of the 16; the padding rows cost microseconds).
-    __syncthreads();
-    float * s_o  = reinterpret_cast<float *>(smem);  // [kWarps][16][LDO]
-    float * s_ml = s_o + kWarps * 16 * C::LDO;       // [kWarps][16] max, then [kWarps][16] sum
+    } else {
+        st.finish();
+        // Decode shape: merge the four warps' states over their disjoint keys, four dims per thread and only
+        // for the rows that exist (a GQA group of 4 fills 4 of the 8; the padding rows cost microseconds).
+        const int n_valid = int(min(int64_t(M), n_rows - row0));
+        __syncthreads();
+        float * s_o  = reinterpret_cast<float *>(smem);  // [kWarps][M][LDO]
+        float * s_ml = s_o + kWarps * M * C::LDO;        // [kWarps][M] max, then [kWarps][M] sum
+        st.store(s_o + warp * M * C::LDO, C::LDO, s_ml + warp * M, s_ml + (kWarps + warp) * M, n_valid, lane);
+        __syncthreads();
+        for (int c = threadIdx.x; c < n_valid * (D / 4); c += kThreads) {
+            const int row = c / (D / 4);
+            const int d   = (c % (D / 4)) * 4;
+            float mx      = -INFINITY;
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int row = g + 8 * r;
-        if (t4 == 0) {
-            s_ml[warp * 16 + row]               = m[0][r];
-            s_ml[kWarps * 16 + warp * 16 + row] = l[0][r];
-        }
+            for (int w = 0; w < kWarps; ++w) {
+                mx = fmaxf(mx, s_ml[w * M + row]);
+            }
+            const float base = mx == -INFINITY ? 0.0f : mx;
+            float ls         = 0.0f;
+            float os[4]      = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-        for (int j = 0; j < D / 8; ++j) {
-            *reinterpret_cast<float2 *>(s_o + (warp * 16 + row) * C::LDO + 8 * j + 2 * t4) =
-                make_float2(o[0][j][2 * r], o[0][j][2 * r + 1]);
+            for (int w = 0; w < kWarps; ++w) {
+                const float f  = fast_exp2(s_ml[(w * M) + row] - base);
+                const float4 v = *reinterpret_cast<const float4 *>(s_o + (w * M + row) * C::LDO + d);
+                ls += s_ml[(kWarps + w) * M + row] * f;
+                os[0] += v.x * f;
+                os[1] += v.y * f;
+                os[2] += v.z * f;
+                os[3] += v.w * f;
+            }
+            sink.emit<4>(row, d, os, ls, mx);
         }
-    }
-    __syncthreads();
-    const int n_valid = int(min(int64_t(C::M), n_rows - row0));
-    for (int c = threadIdx.x; c < n_valid * (D / 4); c += kThreads) {
-        const int row = c / (D / 4);
-        const int d   = (c % (D / 4)) * 4;
-        float mx      = -INFINITY;
-#pragma unroll
-        for (int w = 0; w < kWarps; ++w) {
-            mx = fmaxf(mx, s_ml[w * 16 + row]);
-        }
-        const float base = mx == -INFINITY ? 0.0f : mx;
-        float ls         = 0.0f;
-        float os[4]      = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-        for (int w = 0; w < kWarps; ++w) {
-            const float f  = fast_exp2(s_ml[w * 16 + row] - base);
-            const float4 v = *reinterpret_cast<const float4 *>(s_o + (w * 16 + row) * C::LDO + d);
-            ls += s_ml[kWarps * 16 + w * 16 + row] * f;
-            os[0] += v.x * f;
-            os[1] += v.y * f;
-            os[2] += v.z * f;
-            os[3] += v.w * f;
-        }
-        sink.emit<4>(row, d, os, ls, mx);
     }
 }
 
@@ -597,26 +600,26 @@ __global__ void __launch_bounds__(kMergeThreads)
     }
 }
 
-template <int D, bool SPLIT_KEYS>
+template <int D, int M>
 void attn_launch(const attn_cuda_params & p, int n_split, cudaStream_t stream) {
-    using C              = attn_cfg<D, SPLIT_KEYS>;
+    using C              = attn_cfg<D, M>;
     const int64_t n_rows = p.n_q * (p.n_head / p.n_head_kv);
-    const dim3 grid(unsigned(ceil_div(n_rows, C::M)), unsigned(p.n_head_kv), unsigned(n_split));
+    const dim3 grid(unsigned(ceil_div(n_rows, M)), unsigned(p.n_head_kv), unsigned(n_split));
     static const bool smem_set = [] {  // once per instance: the call costs host time on every launch
-        CUDA_CHECK(cudaFuncSetAttribute(attn_kernel<D, SPLIT_KEYS>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, int(C::smem)));
+        CUDA_CHECK(cudaFuncSetAttribute(attn_kernel<D, M>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        int(C::smem)));
         return true;
     }();
     (void)smem_set;
-    launch_pdl(attn_kernel<D, SPLIT_KEYS>, grid, kThreads, C::smem, stream, p, n_split);
+    launch_pdl(attn_kernel<D, M>, grid, kThreads, C::smem, stream, p, n_split);
     CUDA_CHECK_LAUNCH("attn_kernel");
 }
 
 // CTAs of one instance that fit on a multiprocessor at once (shared memory is the limit).
-template <int D, bool SPLIT_KEYS>
+template <int D, int M>
 int attn_ctas_per_sm() {
     static const int n = [] {
-        using C  = attn_cfg<D, SPLIT_KEYS>;
+        using C  = attn_cfg<D, M>;
         int dev  = 0;
         int smem = 0;
         CUDA_CHECK(cudaGetDevice(&dev));
@@ -626,8 +629,25 @@ int attn_ctas_per_sm() {
     return n;
 }
 
-bool attn_split_keys(const attn_cuda_params & p) {
-    return p.n_q * (p.n_head / p.n_head_kv) <= 16;
+// Rows per CTA: decode (splitting the keys) with one or two n-tiles of 8 rows, or the prefill shape.
+int attn_rows(const attn_cuda_params & p) {
+    const int64_t n = p.n_q * (p.n_head / p.n_head_kv);
+    return n <= 8 ? 8 : (n <= 16 ? 16 : kPrefillRows);
+}
+
+// f(head_dim, rows) with both as std::integral_constant: the kernel instance for these parameters.
+template <class F>
+auto attn_instance(const attn_cuda_params & p, F && f) {
+    using std::integral_constant;
+    const int rows = attn_rows(p);
+    if (p.head_dim == 64) {
+        return rows == 8    ? f(integral_constant<int, 64>(), integral_constant<int, 8>())
+               : rows == 16 ? f(integral_constant<int, 64>(), integral_constant<int, 16>())
+                            : f(integral_constant<int, 64>(), integral_constant<int, kPrefillRows>());
+    }
+    return rows == 8    ? f(integral_constant<int, 128>(), integral_constant<int, 8>())
+           : rows == 16 ? f(integral_constant<int, 128>(), integral_constant<int, 16>())
+                        : f(integral_constant<int, 128>(), integral_constant<int, kPrefillRows>());
 }
 
 void attn_check(const attn_cuda_params & p) {
@@ -657,11 +677,11 @@ int attention_cuda_n_split(const attn_cuda_params & p) {
     // that finishes early takes more, and fewer splits cost less to merge (a sweep of 8 to 49 splits x 8
     // heads over 4K-128K keys on the H100 put the best at 32-40). Prefill CTAs have enough rows to stay busy
     // and split down to 8 tiles, to two CTAs per multiprocessor.
-    const bool decode    = attn_split_keys(p);
-    const int64_t m_rows = decode ? 16 : 2 * 16 * kWarps;
-    const int64_t n_ctas = p.n_head_kv * ceil_div(p.n_q * (p.n_head / p.n_head_kv), m_rows);
+    const int m_rows     = attn_rows(p);
+    const bool decode    = m_rows < kPrefillRows;
+    const int64_t n_ctas = p.n_head_kv * ceil_div(p.n_q * (p.n_head / p.n_head_kv), int64_t(m_rows));
     const int per_sm =
-        !decode ? 2 : (p.head_dim == 64 ? attn_ctas_per_sm<64, true>() : attn_ctas_per_sm<128, true>());
+        !decode ? 2 : attn_instance(p, [](auto d, auto m) { return attn_ctas_per_sm<d, m>(); });
     const int64_t slots   = int64_t(per_sm) * cuda_sm_count();
     const int64_t target  = decode ? slots * 4 / 5 : slots;
     const int64_t by_keys = std::max<int64_t>(1, p.n_keys_max / ((decode ? 2 : 8) * kTileN));
@@ -687,12 +707,8 @@ void attention_cuda(const attn_cuda_params & p, cudaStream_t stream) {
         fail("attention_cuda: %d key splits need a workspace of %zu bytes", n_split,
              attention_cuda_work_bytes(p));
     }
-    const bool split_keys = attn_split_keys(p);
-    if (p.head_dim == 64) {
-        split_keys ? attn_launch<64, true>(p, n_split, stream) : attn_launch<64, false>(p, n_split, stream);
-    } else {
-        split_keys ? attn_launch<128, true>(p, n_split, stream) : attn_launch<128, false>(p, n_split, stream);
-    }
+    const bool split_keys = attn_rows(p) < kPrefillRows;
+    attn_instance(p, [&](auto d, auto m) { attn_launch<d, m>(p, n_split, stream); });
     if (n_split > 1) {
         const int64_t n_out = p.n_q * p.n_head;
         launch_pdl(attn_merge_kernel, unsigned(n_out), kMergeThreads, 0, stream,

@@ -1,4 +1,5 @@
-// Warp-level tensor-core building blocks (sm_80+): ldmatrix, mma.sync m16n8k16 fp16 -> fp32, cp.async.
+// Warp-level tensor-core building blocks (sm_80+): ldmatrix, movmatrix, mma.sync m16n8k16 fp16 -> fp32,
+// cp.async.
 // Fragment layouts (g = lane / 4, t = lane % 4), from the PTX ISA:
 //   A 16x16 row-major: a0 (g, 2t..2t+1), a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..)
 //   B 16x8 (k x n):    b0 (k = 2t..2t+1, n = g), b1 (k = 2t+8.., n = g)
@@ -27,6 +28,13 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void *
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(smem_addr(row_addr)));
+}
+
+// The transpose of an 8x8 fp16 matrix held as one fragment (lane (g, t): row g, columns 2t and 2t + 1).
+__device__ __forceinline__ uint32_t movmatrix_trans(uint32_t x) {
+    uint32_t y;
+    asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+    return y;
 }
 
 // c += a * b on one 16x8x16 tile.

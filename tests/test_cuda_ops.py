@@ -83,6 +83,9 @@ ATTN_CASES = [
     (3, 8, 1, 64, 999, 50, 20, 5),  # decode shape, GQA 8, extras, forced split
     (64, 8, 2, 64, 3000, 128, 1500, 0),  # many extras: whole tiles of extras seen by every row
     (1, 8, 2, 128, 4000, 256, 2000, 0),  # the same in the decode shape
+    (1, 28, 4, 64, 1500, 200, 100, 0),  # decode, GQA 7: one n-tile of 8 rows, one of them padding
+    (2, 12, 4, 128, 2500, 0, 0, 0),  # decode, two queries of GQA 3 in one n-tile
+    (2, 8, 1, 128, 2000, 100, 300, 0),  # decode, 16 rows (two n-tiles), extras
 ]
 
 
