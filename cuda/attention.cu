@@ -120,11 +120,6 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
     const int n_extra     = p.extra_offset ? p.extra_offset[ig + 1] - p.extra_offset[ig] : 0;
     const __half * k_head = p.k[ig];
     const __half * v_head = p.v[ig];
-    // Decode splits take tiles from a counter per KV head when there is one (p.tile_next): multiprocessors
-    // stream K/V at different rates, and a fixed share per CTA leaves the launch waiting for the slowest.
-    int * counter      = SPLIT_KEYS && n_split > 1 && p.tile_next ? p.tile_next + ig : nullptr;
-    int pending        = 0;  // thread 0: the counter value fetched one step ago
-    constexpr int kPre = 3;  // tiles every CTA takes before the counter's: split, + n_split, + 2 n_split
 
     // The rows' table, and the extents of their key ranges.
     if (threadIdx.x == 0) {
@@ -216,6 +211,13 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
         }
     };
 
+    // Decode splits take tiles from a counter per KV head when there is one (p.tile_next) and the splits'
+    // first kPre tiles leave some: multiprocessors stream K/V at different rates, and a fixed share per CTA
+    // leaves the launch waiting for the slowest.
+    constexpr int kPre = 3;  // tiles every CTA takes before the counter's: split, + n_split, + 2 n_split
+    int * counter =
+        SPLIT_KEYS && n_split > 1 && p.tile_next && kPre * n_split < n_tiles ? p.tile_next + ig : nullptr;
+    int pending = 0;  // thread 0: the counter value fetched one step ago
     // This CTA's tiles in order: cur (loading), nxt and nn (the next two; -1 past the end). Without a counter
     // a split owns one contiguous range of tiles.
     const int tb = counter ? 0 : int(int64_t(n_tiles) * split / n_split);

@@ -116,14 +116,16 @@ def test_attention_split_count_does_not_change_result():
     [
         (32, 8, 128, 20000, 0, 0, 5),
         (8, 2, 64, 9000, 3000, 700, 7),
-        (4, 4, 128, 640, 0, 0, 4),
-        (16, 1, 64, 5000, 0, 0, 100),  # 16 rows per CTA, and splits left without a tile
-        (32, 8, 128, 4096, 0, 0, 32),
+        (4, 4, 128, 640, 0, 0, 3),  # one tile from the counter
+        (16, 1, 64, 5000, 0, 0, 20),  # 16 rows per CTA
+        (16, 1, 64, 5000, 0, 0, 100),  # no counter: splits left without a tile
+        (32, 8, 128, 4096, 0, 0, 32),  # no counter: every split's own two tiles
     ],
 )
 def test_attention_decode_tile_counters(n_head, n_head_kv, d, n_entries, window, n_extra, n_split):
-    """Decode splits that take tiles from a counter per KV head (most tiles here come from it) give the
-    result of fixed shares, and leave the counters at zero (the binding checks)."""
+    """Decode splits that take tiles from a counter per KV head after their first three give the result of
+    fixed shares, and leave the counters at zero (the binding checks). Where those three per split cover
+    the tiles, no counter is used."""
     rng = np.random.default_rng(n_entries)
     q = (rng.standard_normal((1, n_head, d)) * 2.0).astype(np.float32)
     k, v = random_kv(rng, n_head_kv, n_entries, d)
