@@ -63,10 +63,11 @@ struct attn_sink {
         if (row < 0) {
             return;
         }
+        const float inv = l > 0.0f ? 1.0f / l : 0.0f;  // a query with no key writes zeros, like the CPU
         float val[N];
 #pragma unroll
         for (int i = 0; i < N; ++i) {
-            val[i] = l > 0.0f ? o[i] / l : 0.0f;  // a query with no key writes zeros, like the CPU
+            val[i] = o[i] * inv;
         }
         float * dst = n_split == 1 ? out + row * head_dim + d : work + (split * n_out + row) * head_dim + d;
         if constexpr (N == 4) {
@@ -487,10 +488,10 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
         st.finish();
         // Decode shape: merge the four warps' states over their disjoint keys, four dims per thread and only
         // for the rows that exist (a GQA group of 4 fills 4 of the 8; the padding rows cost microseconds).
+        // The loop's last barrier freed the K/V buffers this reuses.
         const int n_valid = int(min(int64_t(M), n_rows - row0));
-        __syncthreads();
-        float * s_o  = reinterpret_cast<float *>(smem);  // [kWarps][M][LDO]
-        float * s_ml = s_o + kWarps * M * C::LDO;        // [kWarps][M] max, then [kWarps][M] sum
+        float * s_o       = reinterpret_cast<float *>(smem);  // [kWarps][M][LDO]
+        float * s_ml      = s_o + kWarps * M * C::LDO;        // [kWarps][M] max, then [kWarps][M] sum
         st.store(s_o + warp * M * C::LDO, C::LDO, s_ml + warp * M, s_ml + (kWarps + warp) * M, n_valid, lane);
         __syncthreads();
         for (int c = threadIdx.x; c < n_valid * (D / 4); c += kThreads) {
