@@ -525,6 +525,14 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
 // own running maximum, so that the splits of a decode step (~50) are read in a few round trips and the
 // phases meet once, in shared memory. CTA 0 also rezeroes the tile counters of the dynamic schedule.
 constexpr int kMergeThreads = 256;
+// Splits a merge thread loads before it uses any: a loop that skipped empty splits as it went took 2 us to
+// read the four splits of a 32-split decode step, against 1 us loaded at once (H100).
+constexpr int kMergeBatch = 4;
+
+// Splits the merge kernel reads in one round of loads.
+int merge_one_pass(int head_dim) {
+    return kMergeThreads / (head_dim / 4) * kMergeBatch;
+}
 
 __global__ void __launch_bounds__(kMergeThreads)
     attn_merge_kernel(const float * work, float * out, int64_t n_out, int head_dim, int n_split,
@@ -548,21 +556,18 @@ __global__ void __launch_bounds__(kMergeThreads)
     float mx            = -INFINITY;
     float den           = 0.0f;
     float4 num          = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    // Four splits per pass, all loaded before any is used: a loop that skips empty splits as it goes took
-    // 2 us to read the four splits of a 32-split decode step, against 1 us loaded at once (H100).
-    constexpr int kBatch = 4;
-    for (int s0 = phase; s0 < n_split; s0 += kBatch * n_phase) {
-        float ls[kBatch];
-        float4 o[kBatch];
+    for (int s0 = phase; s0 < n_split; s0 += kMergeBatch * n_phase) {
+        float ls[kMergeBatch];
+        float4 o[kMergeBatch];
 #pragma unroll
-        for (int k = 0; k < kBatch; ++k) {
+        for (int k = 0; k < kMergeBatch; ++k) {
             const int s = s0 + k * n_phase;
             ls[k]       = s < n_split ? lse[s * n_out + row] : -INFINITY;
             o[k] = s < n_split ? reinterpret_cast<const float4 *>(work + (s * n_out + row) * head_dim)[d4]
                                : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         }
 #pragma unroll
-        for (int k = 0; k < kBatch; ++k) {
+        for (int k = 0; k < kMergeBatch; ++k) {
             if (ls[k] == -INFINITY) {
                 continue;  // a split without keys for this row, or past the last split
             }
@@ -675,11 +680,14 @@ int attention_cuda_n_split(const attn_cuda_params & p) {
     if (p.n_split > 0) {
         return std::min(p.n_split, 65535);
     }
-    // Decode splits down to two tiles per CTA (the second loads while the first is computed) and up to four
-    // fifths of what fits on the device at its shared-memory occupancy: tiles come from a counter, so a CTA
-    // that finishes early takes more, and fewer splits cost less to merge (a sweep of 8 to 49 splits x 8
-    // heads over 4K-128K keys on the H100 put the best at 32-40). Prefill CTAs have enough rows to stay busy
-    // and split down to 8 tiles, to two CTAs per multiprocessor.
+    // Decode splits down to two tiles per CTA (both load before the kernel waits for its predecessor) and up
+    // to four fifths of what fits on the device at its shared-memory occupancy: tiles come from a counter, so
+    // a CTA that finishes early takes more, and fewer splits cost less to merge (a sweep of 8 to 49 splits x
+    // 8 heads over 4K-128K keys on the H100 put the best at 32-40). Up to four tiles per split, a launch is a
+    // chain of latencies rather than a K/V stream: no more splits than the merge reads in one pass (H100, 8
+    // KV heads, head_dim 128: 8K 18.4 -> 16.6 us with 32 splits instead of 39; 39 stays 2-3% ahead from
+    // 10K). Prefill CTAs have enough rows to stay busy and split down to 8 tiles, to two CTAs per
+    // multiprocessor.
     const int m_rows     = attn_rows(p);
     const bool decode    = m_rows < kPrefillRows;
     const int64_t n_ctas = p.n_head_kv * ceil_div(p.n_q * (p.n_head / p.n_head_kv), int64_t(m_rows));
@@ -689,8 +697,11 @@ int attention_cuda_n_split(const attn_cuda_params & p) {
     const int64_t target  = decode ? slots * 4 / 5 : slots;
     const int64_t by_keys = std::max<int64_t>(1, p.n_keys_max / ((decode ? 2 : 8) * kTileN));
     // Rounded down: one CTA past what fits at once would run as a second wave of its own.
-    const int64_t n_needed = target / std::max<int64_t>(1, n_ctas);
-    return int(std::clamp<int64_t>(std::min(n_needed, by_keys), 1, 128));
+    int64_t n = std::min(target / std::max<int64_t>(1, n_ctas), by_keys);
+    if (decode && by_keys <= 2 * merge_one_pass(p.head_dim)) {
+        n = std::min<int64_t>(n, merge_one_pass(p.head_dim));
+    }
+    return int(std::clamp<int64_t>(n, 1, 128));
 }
 
 size_t attention_cuda_work_bytes(const attn_cuda_params & p) {
