@@ -45,13 +45,22 @@ int64_t kv_capacity(int64_t n) {
     return (want + k_kv_step - 1) / k_kv_step * k_kv_step;
 }
 
-[[noreturn]] void fail_out_of_memory(size_t bytes, const char * what, cudaError_t err) {
+// One message for every way the GPU runs out of memory: what could not be had, what is free, and the
+// library's own words.
+[[noreturn]] void fail_out_of_memory(const std::string & need, const char * why) {
     cudaGetLastError();  // clear the error so later calls do not report it
     size_t n_free  = 0;
     size_t n_total = 0;
-    cudaMemGetInfo(&n_free, &n_total);
-    fail("CUDA out of memory: %s needs %.1f MiB, %.1f MiB of %.1f MiB are free (%s)", what,
-         double(bytes) / k_mib, double(n_free) / k_mib, double(n_total) / k_mib, cudaGetErrorString(err));
+    if (cudaMemGetInfo(&n_free, &n_total) != cudaSuccess) {
+        cudaGetLastError();
+        fail("CUDA out of memory: %s (%s)", need.c_str(), why);
+    }
+    fail("CUDA out of memory: %s, %.1f MiB of %.1f MiB are free (%s)", need.c_str(), double(n_free) / k_mib,
+         double(n_total) / k_mib, why);
+}
+
+[[noreturn]] void fail_out_of_memory(size_t bytes, const char * what, cudaError_t err) {
+    fail_out_of_memory(strfmt("%s needs %.1f MiB", what, double(bytes) / k_mib), cudaGetErrorString(err));
 }
 
 // cudaMalloc that throws a tca::error naming what was asked for and what was free.
@@ -144,6 +153,48 @@ struct pinned_mem {  // page-locked host memory; null where the driver has none 
     static void free(void * p) { cudaFreeHost(p); }
 };
 using pinned_buffer = growing_buffer<pinned_mem>;
+
+// Owners of the backend's stream and cuBLAS handle (usable as the raw handles): a constructor that throws
+// part way, out of memory while uploading the weights, still releases them.
+class cuda_stream {
+  public:
+    cuda_stream() {
+        const cudaError_t err = cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking);
+        if (err == cudaErrorMemoryAllocation) {  // the first call of a process also creates its CUDA context
+            fail_out_of_memory("the CUDA context and stream could not be created", cudaGetErrorString(err));
+        }
+        CUDA_CHECK(err);
+    }
+    ~cuda_stream() { cudaStreamDestroy(s_); }
+    cuda_stream(const cuda_stream &)             = delete;
+    cuda_stream & operator=(const cuda_stream &) = delete;
+    operator cudaStream_t() const { return s_; }
+
+  private:
+    cudaStream_t s_ = nullptr;
+};
+
+#ifdef TCA_HAVE_CUBLAS
+class cublas_handle {
+  public:
+    cublas_handle() {
+        const cublasStatus_t st = cublasCreate(&h_);
+        if (st == CUBLAS_STATUS_ALLOC_FAILED) {
+            fail_out_of_memory("the cuBLAS handle could not be created", cublasGetStatusString(st));
+        }
+        if (st != CUBLAS_STATUS_SUCCESS) {
+            fail("device 'cuda': cublasCreate failed: %s", cublasGetStatusString(st));
+        }
+    }
+    ~cublas_handle() { cublasDestroy(h_); }
+    cublas_handle(const cublas_handle &)             = delete;
+    cublas_handle & operator=(const cublas_handle &) = delete;
+    operator cublasHandle_t() const { return h_; }
+
+  private:
+    cublasHandle_t h_ = nullptr;
+};
+#endif
 
 // out[j, :] = src[idx[j], :] for j < n, rows of head_dim values, for K and V at once.
 __global__ void kv_gather_kernel(const __half * k, const __half * v, const int32_t * idx, int64_t n,
@@ -244,9 +295,10 @@ class backend_cuda final : public backend {
     T * upload(device_buffer & buf, const T * src, size_t n, const char * what);
 
     const hparams hp_;
-    cudaStream_t stream_ = nullptr;
+    cuda_stream stream_;  // declared before every buffer: destroyed after them
 #ifdef TCA_HAVE_CUBLAS
-    cublasHandle_t cublas_ = nullptr;
+    // Created after the weights: where GPU memory runs short, they are most often what does not fit.
+    std::optional<cublas_handle> cublas_;
 #endif
     std::deque<device_buffer> weight_mem_;                      // one per uploaded tensor
     std::unordered_map<const void *, qweight_cuda> weights_;    // host data -> device weight
@@ -295,12 +347,6 @@ backend_cuda::backend_cuda(const model & m) : hp_(m.hp), heads_(size_t(m.hp.n_la
     if (!backend_cuda_supports(m, why_not)) {
         fail("device 'cuda': %s", why_not.c_str());
     }
-    CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-#ifdef TCA_HAVE_CUBLAS
-    if (cublasCreate(&cublas_) != CUBLAS_STATUS_SUCCESS) {
-        fail("device 'cuda': cublasCreate failed");
-    }
-#endif
     upload_weight(m.tok_embd, "token_embd.weight");
     upload_weight(m.output, "output.weight");
     upload_vector(m.output_norm, hp_.n_embd);
@@ -326,6 +372,9 @@ backend_cuda::backend_cuda(const model & m) : hp_(m.hp), heads_(size_t(m.hp.n_la
         upload_vector(l.bk, n_kv);
         upload_vector(l.bv, n_kv);
     }
+#ifdef TCA_HAVE_CUBLAS
+    cublas_.emplace();
+#endif
     CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
@@ -335,10 +384,6 @@ backend_cuda::~backend_cuda() {
         cudaFreeAsync(h.v, stream_);
     }
     cudaStreamSynchronize(stream_);
-#ifdef TCA_HAVE_CUBLAS
-    cublasDestroy(cublas_);
-#endif
-    cudaStreamDestroy(stream_);
 }
 
 void backend_cuda::upload_weight(const weight & w, const std::string & name) {
@@ -450,7 +495,7 @@ void backend_cuda::product(const weight & w, const float * bias, const float * x
     }
 #ifdef TCA_HAVE_CUBLAS
     void * work = work_mem_.reserve(matmul_cuda_work_bytes(dw, n_tok), "the matmul workspace");
-    matmul_cuda(cublas_, dw, x, n_tok, y, add, work, stream_);
+    matmul_cuda(*cublas_, dw, x, n_tok, y, add, work, stream_);
     if (bias != nullptr) {
         add_bias_cuda(y, vector_of(bias), n_tok, dw.n_out, stream_);
     }

@@ -677,6 +677,14 @@ void bind_cuda(py::module_ & m) {
         CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
         return std::string(prop.name);
     });
+    m.def("cuda_memory_info", [] {  // (free, total) bytes of the current device
+        size_t n_free  = 0;
+        size_t n_total = 0;
+        CUDA_CHECK(cudaMemGetInfo(&n_free, &n_total));
+        return py::make_tuple(n_free, n_total);
+    });
+    // Holds n_bytes of device memory until collected: tests of what runs out of GPU memory.
+    py::class_<dbuf<uint8_t>>(m, "CudaHold").def(py::init<size_t>(), py::arg("n_bytes"));
     m.def("cuda_attention", &py_attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("lo"),
           py::arg("hi"), py::arg("extras") = std::vector<i32_array>{}, py::arg("n_split") = 0,
           py::arg("tile_counters") = true);

@@ -238,6 +238,37 @@ def test_cuda_without_gpu_is_a_clear_error(random_models):
 
 
 @needs_gpu
+def test_gpu_out_of_memory_is_a_clear_error(tmp_path):
+    """Weights that do not fit in the GPU memory left give one error naming the tensor and the sizes, and
+    lose nothing: once the memory is back, the same model runs on the GPU and matches the CPU."""
+    import factory
+
+    path = factory.write_random_model(
+        str(tmp_path / "big.gguf"),
+        n_embd=1024,
+        n_head=8,
+        n_head_kv=2,
+        n_ff=4096,
+        n_vocab=333,
+        tensor_type="F16",
+        seed=5,
+    )  # ~61 MiB of weights
+    model = _core.Model(path)
+    free, _ = _core.cuda_memory_info()
+    oom = r"CUDA out of memory: blk\.\d+\.\w+\.weight needs [0-9.]+ MiB, [0-9.]+ MiB of [0-9.]+ MiB are"
+    hold = _core.CudaHold(free - (16 << 20))
+    try:
+        with pytest.raises(TcaError, match=oom):
+            _core.Context(model, n_ctx=64, n_threads=2, device="cuda")
+    finally:
+        del hold
+    assert _core.cuda_memory_info()[0] > free - (64 << 20)  # the failed context released what it took
+    gpu = _core.Context(model, n_ctx=64, n_threads=2, device="cuda").eval([1, 2, 3])
+    cpu = _core.Context(model, n_ctx=64, n_threads=2, device="cpu").eval([1, 2, 3])
+    assert rel_err(gpu, cpu) < 1e-2
+
+
+@needs_gpu
 def test_unsupported_head_dim_is_a_clear_error(random_models):
     model = _core.Model(random_models["llama-gqa3"])  # head_dim 16
     with pytest.raises(TcaError, match="head_dim 16 is not supported"):
