@@ -333,8 +333,7 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
         const int32_t * keys = s_key + buf * kTileN;
 
         // Mask unless every key of the tile is visible to every row: dense keys inside every row's range,
-        // or extras all below every row's lo. The rows' ranges come from shared memory: registers are all
-        // taken in prefill, and only tiles on a range edge need them.
+        // or extras all below every row's lo.
         const int t0         = tile * kTileN;
         const bool all_valid = (t0 >= s_ext[6] && t0 + kTileN <= s_ext[7]) || t0 + kTileN <= s_ext[5];
         const tile_keys tk{keys, s_rlo, s_rhi, t0, n_ex, all_valid};
@@ -342,7 +341,7 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
             if (step == 0) {
                 st.load_q(s_q, lane);
             }
-            st.step(s_k, s_v, tk, keys_tile<D, 1>::NK * warp, lane);
+            st.step(s_k, s_v, tk, C::decode_state::NK * warp, lane);
         } else {
             // S = Q K^T for this warp's 32 rows and the tile's keys; each K fragment serves MT m-tiles.
             float s[MT][kTileN / 8][4];
