@@ -116,16 +116,17 @@ def test_attention_split_count_does_not_change_result():
     [
         (32, 8, 128, 20000, 0, 0, 5),
         (8, 2, 64, 9000, 3000, 700, 7),
-        (4, 4, 128, 640, 0, 0, 3),  # one tile from the counter
-        (16, 1, 64, 5000, 0, 0, 20),  # 16 rows per CTA
+        (4, 4, 128, 640, 0, 0, 2),  # four tiles from the counter
+        (16, 1, 64, 5000, 0, 0, 16),  # 16 rows per CTA
         (16, 1, 64, 5000, 0, 0, 100),  # no counter: splits left without a tile
         (32, 8, 128, 4096, 0, 0, 32),  # no counter: every split's own two tiles
+        (32, 8, 128, 8192, 0, 0, 32),  # no counter: four tiles per split
     ],
 )
 def test_attention_decode_tile_counters(n_head, n_head_kv, d, n_entries, window, n_extra, n_split):
     """Decode splits that take tiles from a counter per KV head after their first three give the result of
-    fixed shares, and leave the counters at zero (the binding checks). Where those three per split cover
-    the tiles, no counter is used."""
+    fixed shares, and leave the counters at zero (the binding checks). With up to four tiles per split, no
+    counter is used."""
     rng = np.random.default_rng(n_entries)
     q = (rng.standard_normal((1, n_head, d)) * 2.0).astype(np.float32)
     k, v = random_kv(rng, n_head_kv, n_entries, d)
