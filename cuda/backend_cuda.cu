@@ -13,6 +13,7 @@
 #include "attention.cuh"
 #include "backend_cuda.cuh"
 #include "common.cuh"
+#include "device_memory.cuh"
 #include "fp16.h"
 #include "model.h"
 #include "ops.cuh"
@@ -26,7 +27,6 @@ namespace tca {
 
 namespace {
 
-constexpr double k_mib = 1024.0 * 1024.0;
 #ifdef TCA_HAVE_CUBLAS
 // Products of up to this many tokens run as one matvec per token (the weight read once per token);
 // longer ones through cuBLAS (the weight dequantized to fp16 once per call).
@@ -44,157 +44,6 @@ int64_t kv_capacity(int64_t n) {
     const int64_t want = n + n / 16;
     return (want + k_kv_step - 1) / k_kv_step * k_kv_step;
 }
-
-// One message for every way the GPU runs out of memory: what could not be had, what is free, and the
-// library's own words.
-[[noreturn]] void fail_out_of_memory(const std::string & need, const char * why) {
-    cudaGetLastError();  // clear the error so later calls do not report it
-    size_t n_free  = 0;
-    size_t n_total = 0;
-    if (cudaMemGetInfo(&n_free, &n_total) != cudaSuccess) {
-        cudaGetLastError();
-        fail("CUDA out of memory: %s (%s)", need.c_str(), why);
-    }
-    fail("CUDA out of memory: %s, %.1f MiB of %.1f MiB are free (%s)", need.c_str(), double(n_free) / k_mib,
-         double(n_total) / k_mib, why);
-}
-
-[[noreturn]] void fail_out_of_memory(size_t bytes, const char * what, cudaError_t err) {
-    fail_out_of_memory(strfmt("%s needs %.1f MiB", what, double(bytes) / k_mib), cudaGetErrorString(err));
-}
-
-// cudaMalloc that throws a tca::error naming what was asked for and what was free.
-void * device_alloc(size_t bytes, const char * what) {
-    void * p = nullptr;
-    if (bytes == 0) {
-        return nullptr;
-    }
-    const cudaError_t err = cudaMalloc(&p, bytes);
-    if (err != cudaSuccess) {
-        fail_out_of_memory(bytes, what, err);
-    }
-    return p;
-}
-
-// Waits for stream, then returns the unused memory of the stream-ordered allocator's pool to the device.
-void trim_memory_pool(cudaStream_t stream) {
-    cudaMemPool_t pool = nullptr;
-    int dev            = 0;
-    CUDA_CHECK(cudaStreamSynchronize(stream));
-    CUDA_CHECK(cudaGetDevice(&dev));
-    CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, dev));
-    CUDA_CHECK(cudaMemPoolTrimTo(pool, 0));
-}
-
-// cudaMallocAsync on stream; when the pool cannot grow, it returns its unused memory to the device and
-// tries once more before throwing like device_alloc.
-void * device_alloc_async(size_t bytes, const char * what, cudaStream_t stream) {
-    void * p = nullptr;
-    if (bytes == 0) {
-        return nullptr;
-    }
-    cudaError_t err = cudaMallocAsync(&p, bytes, stream);
-    if (err != cudaSuccess) {
-        cudaGetLastError();
-        trim_memory_pool(stream);
-        err = cudaMallocAsync(&p, bytes, stream);
-    }
-    if (err != cudaSuccess) {
-        fail_out_of_memory(bytes, what, err);
-    }
-    return p;
-}
-
-// Memory that grows on demand (contents are lost when it grows). Mem::alloc returns the memory, or null
-// or throws when there is none; Mem::free releases it.
-template <typename Mem>
-class growing_buffer {
-  public:
-    growing_buffer() = default;
-    ~growing_buffer() { Mem::free(p_); }
-    growing_buffer(const growing_buffer &)             = delete;
-    growing_buffer & operator=(const growing_buffer &) = delete;
-
-    void * reserve(size_t bytes, const char * what) {
-        if (bytes > bytes_) {
-            release();
-            p_     = Mem::alloc(bytes, what);
-            bytes_ = p_ != nullptr ? bytes : 0;
-        }
-        return p_;
-    }
-    void * get() const { return p_; }
-    void release() {
-        Mem::free(p_);
-        p_     = nullptr;
-        bytes_ = 0;
-    }
-
-  private:
-    void * p_     = nullptr;
-    size_t bytes_ = 0;
-};
-
-struct device_mem {  // throws a named out-of-memory error
-    static void * alloc(size_t bytes, const char * what) { return device_alloc(bytes, what); }
-    static void free(void * p) { cudaFree(p); }
-};
-using device_buffer = growing_buffer<device_mem>;
-
-struct pinned_mem {  // page-locked host memory; null where the driver has none to give
-    static void * alloc(size_t bytes, const char *) {
-        void * p = nullptr;
-        if (cudaMallocHost(&p, bytes) != cudaSuccess) {
-            cudaGetLastError();
-            return nullptr;
-        }
-        return p;
-    }
-    static void free(void * p) { cudaFreeHost(p); }
-};
-using pinned_buffer = growing_buffer<pinned_mem>;
-
-// Owners of the backend's stream and cuBLAS handle (usable as the raw handles): a constructor that throws
-// part way, out of memory while uploading the weights, still releases them.
-class cuda_stream {
-  public:
-    cuda_stream() {
-        const cudaError_t err = cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking);
-        if (err == cudaErrorMemoryAllocation) {  // the first call of a process also creates its CUDA context
-            fail_out_of_memory("the CUDA context and stream could not be created", cudaGetErrorString(err));
-        }
-        CUDA_CHECK(err);
-    }
-    ~cuda_stream() { cudaStreamDestroy(s_); }
-    cuda_stream(const cuda_stream &)             = delete;
-    cuda_stream & operator=(const cuda_stream &) = delete;
-    operator cudaStream_t() const { return s_; }
-
-  private:
-    cudaStream_t s_ = nullptr;
-};
-
-#ifdef TCA_HAVE_CUBLAS
-class cublas_handle {
-  public:
-    cublas_handle() {
-        const cublasStatus_t st = cublasCreate(&h_);
-        if (st == CUBLAS_STATUS_ALLOC_FAILED) {
-            fail_out_of_memory("the cuBLAS handle could not be created", cublasGetStatusString(st));
-        }
-        if (st != CUBLAS_STATUS_SUCCESS) {
-            fail("device 'cuda': cublasCreate failed: %s", cublasGetStatusString(st));
-        }
-    }
-    ~cublas_handle() { cublasDestroy(h_); }
-    cublas_handle(const cublas_handle &)             = delete;
-    cublas_handle & operator=(const cublas_handle &) = delete;
-    operator cublasHandle_t() const { return h_; }
-
-  private:
-    cublasHandle_t h_ = nullptr;
-};
-#endif
 
 // out[j, :] = src[idx[j], :] for j < n, rows of head_dim values, for K and V at once.
 __global__ void kv_gather_kernel(const __half * k, const __half * v, const int32_t * idx, int64_t n,
