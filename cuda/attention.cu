@@ -507,7 +507,7 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
             float os[4]      = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
             for (int w = 0; w < kWarps; ++w) {
-                const float f  = fast_exp2(s_ml[(w * M) + row] - base);
+                const float f  = fast_exp2(s_ml[w * M + row] - base);
                 const float4 v = *reinterpret_cast<const float4 *>(s_o + (w * M + row) * C::LDO + d);
                 ls += s_ml[(kWarps + w) * M + row] * f;
                 os[0] += v.x * f;
@@ -648,14 +648,13 @@ template <class F>
 auto attn_instance(const attn_cuda_params & p, F && f) {
     using std::integral_constant;
     const int rows = attn_rows(p);
-    if (p.head_dim == 64) {
-        return rows == 8    ? f(integral_constant<int, 64>(), integral_constant<int, 8>())
-               : rows == 16 ? f(integral_constant<int, 64>(), integral_constant<int, 16>())
-                            : f(integral_constant<int, 64>(), integral_constant<int, kPrefillRows>());
-    }
-    return rows == 8    ? f(integral_constant<int, 128>(), integral_constant<int, 8>())
-           : rows == 16 ? f(integral_constant<int, 128>(), integral_constant<int, 16>())
-                        : f(integral_constant<int, 128>(), integral_constant<int, kPrefillRows>());
+    auto with_rows = [&](auto d) {
+        return rows == 8    ? f(d, integral_constant<int, 8>())
+               : rows == 16 ? f(d, integral_constant<int, 16>())
+                            : f(d, integral_constant<int, kPrefillRows>());
+    };
+    return p.head_dim == 64 ? with_rows(integral_constant<int, 64>())
+                            : with_rows(integral_constant<int, 128>());
 }
 
 void attn_check(const attn_cuda_params & p) {
