@@ -1,5 +1,9 @@
 #include "bench_util.cuh"
+
+#include <memory>
+
 #include "common.cuh"
+#include "device_memory.cuh"
 
 namespace tca {
 
@@ -68,6 +72,26 @@ std::vector<float> time_cuda(const std::function<void(int)> & fn, int n_warmup, 
     CUDA_CHECK(cudaEventDestroy(ev[0]));
     CUDA_CHECK(cudaEventDestroy(ev[1]));
     return ms;
+}
+
+std::vector<float> time_cuda_graph(const std::function<void(cudaStream_t)> & fn, int n_warmup, int n_repeat) {
+    const cuda_stream stream;
+    cudaGraph_t graph = nullptr;
+    CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    try {
+        fn(stream);
+    } catch (...) {
+        cudaStreamEndCapture(stream, &graph);  // ends the capture; the error in fn is the one to report
+        cudaGraphDestroy(graph);
+        throw;
+    }
+    CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    const std::unique_ptr<CUgraph_st, decltype(&cudaGraphDestroy)> graph_owner(graph, cudaGraphDestroy);
+    cudaGraphExec_t exec = nullptr;
+    CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    const std::unique_ptr<CUgraphExec_st, decltype(&cudaGraphExecDestroy)> exec_owner(exec,
+                                                                                      cudaGraphExecDestroy);
+    return time_cuda([&](int) { CUDA_CHECK(cudaGraphLaunch(exec, stream)); }, n_warmup, n_repeat, stream);
 }
 
 }  // namespace tca

@@ -580,11 +580,13 @@ py::tuple py_rope_store(const f32_array & q, const f32_array & k, const f32_arra
 }
 
 // Times attention on device-filled random inputs for one plan: n_inner launches per timed run, over
-// enough copies of K/V that back-to-back launches do not find them in L2; returns milliseconds per launch.
+// enough copies of K/V that back-to-back launches do not find them in L2 (at least two, so that a copy is
+// never read twice in a row); returns milliseconds per launch. graph: the n_inner launches run as one
+// captured CUDA graph, without the host's launch calls between them.
 std::vector<float> py_bench_attention(int n_head, int n_head_kv, int head_dim, int64_t n_entries,
                                       const i32_array & lo, const i32_array & hi,
                                       const std::vector<i32_array> & extras, int n_split, int n_repeat,
-                                      int n_inner) {
+                                      int n_inner, bool graph) {
     const int64_t n_q = lo.shape(1);
     check_plan(lo, hi, extras, n_head_kv, n_q);
     if (n_inner < 1) {
@@ -592,8 +594,8 @@ std::vector<float> py_bench_attention(int n_head, int n_head_kv, int head_dim, i
     }
     const size_t kv_n     = size_t(n_head_kv) * size_t(n_entries) * size_t(head_dim);
     const size_t kv_bytes = 2 * kv_n * sizeof(__half);
-    const int n_copies =
-        int(std::clamp<size_t>((size_t(256) << 20) / std::max<size_t>(kv_bytes, 1), 1, size_t(n_inner)));
+    const int n_copies    = int(std::min<size_t>(
+        std::max<size_t>((size_t(256) << 20) / std::max<size_t>(kv_bytes, 1), 2), size_t(n_inner)));
     std::vector<std::unique_ptr<dkv>> kv;
     for (int c = 0; c < n_copies; ++c) {
         kv.push_back(std::make_unique<dkv>(n_head_kv, n_entries, head_dim, nullptr, nullptr));
@@ -608,19 +610,19 @@ std::vector<float> py_bench_attention(int n_head, int n_head_kv, int head_dim, i
     dbuf<float> work(attention_cuda_work_bytes(p) / sizeof(float));
     const std::vector<int> zeros(size_t(n_head_kv), 0);
     dbuf<int> counters(zeros.data(), zeros.size());
-    p.q                   = q.p;
-    p.out                 = out.p;
-    p.work                = work.p;
-    p.tile_next           = counters.p;
-    std::vector<float> ms = time_cuda(
-        [&](int) {
-            for (int i = 0; i < n_inner; ++i) {
-                p.k = kv[size_t(i % n_copies)]->k_ptr.p;
-                p.v = kv[size_t(i % n_copies)]->v_ptr.p;
-                attention_cuda(p, nullptr);
-            }
-        },
-        2, n_repeat, nullptr);
+    p.q         = q.p;
+    p.out       = out.p;
+    p.work      = work.p;
+    p.tile_next = counters.p;
+    auto run    = [&](cudaStream_t stream) {
+        for (int i = 0; i < n_inner; ++i) {
+            p.k = kv[size_t(i % n_copies)]->k_ptr.p;
+            p.v = kv[size_t(i % n_copies)]->v_ptr.p;
+            attention_cuda(p, stream);
+        }
+    };
+    std::vector<float> ms = graph ? time_cuda_graph(run, 2, n_repeat)
+                                  : time_cuda([&](int) { run(nullptr); }, 2, n_repeat, nullptr);
     for (float & t : ms) {
         t /= float(n_inner);
     }
@@ -729,7 +731,7 @@ void bind_cuda(py::module_ & m) {
     });
     m.def("cuda_bench_attention", &py_bench_attention, py::arg("n_head"), py::arg("n_head_kv"),
           py::arg("head_dim"), py::arg("n_entries"), py::arg("lo"), py::arg("hi"), py::arg("extras"),
-          py::arg("n_split"), py::arg("n_repeat"), py::arg("n_inner") = 1);
+          py::arg("n_split"), py::arg("n_repeat"), py::arg("n_inner") = 1, py::arg("graph") = false);
     m.def("cuda_bench_matvec", &py_bench_matvec, py::arg("type"), py::arg("n_out"), py::arg("n_in"),
           py::arg("n_copies"), py::arg("n_inner"), py::arg("n_repeat"));
     m.def("cuda_bench_copy", &py_bench_copy, py::arg("n_bytes"), py::arg("n_repeat"));

@@ -3,7 +3,9 @@
 Attention alone (32 query heads, 8 KV heads, head_dim 128, fp16 K/V) at 4K..128K tokens: prefill TFLOP/s
 (causal FLOPs = 4 * L^2/2 * head_dim * n_head) and decode GB/s on the K/V bytes read, dense and TCA-like
 sparse (a global list of every 10th token plus a window of 4096); quantized matrix-vector GB/s at
-Llama-3.1-8B shapes. Times are medians over repeats, taken with CUDA events; the copy bandwidth
+Llama-3.1-8B shapes. Times are medians over repeats, taken with CUDA events. Decode runs 20 launches back
+to back, as one captured CUDA graph (the kernels' time) and launched one by one from the host, whose
+launch calls (~4 us each on the H100 machine, two per decode) bound the short lengths; the copy bandwidth
 (device-to-device, bytes read + written) and the bf16 matrix rate (through PyTorch, when present) are
 measured in the same run.
 
@@ -83,11 +85,14 @@ def bench_prefill(n, sparse):
 
 
 def bench_decode(n, sparse):
+    """Milliseconds per launch as a graph and as host launches, and the K/V bytes read."""
     lo, hi, extras, n_pairs = plan(n, 1, sparse)
-    # Back-to-back launches, as in a decode step: the host's launch latency is not counted.
-    ms = median(_core.cuda_bench_attention(N_HEAD, N_HEAD_KV, HEAD_DIM, n, lo, hi, extras, 0, 10, n_inner=20))
+    ms = [
+        median(_core.cuda_bench_attention(N_HEAD, N_HEAD_KV, HEAD_DIM, n, lo, hi, extras, 0, 10, 20, graph))
+        for graph in (True, False)
+    ]
     kv_bytes = 2 * N_HEAD_KV * int(n_pairs) * HEAD_DIM * 2
-    return ms, kv_bytes
+    return ms[0], ms[1], kv_bytes
 
 
 def main(argv=None):
@@ -118,16 +123,22 @@ def main(argv=None):
             rows.append(dict(kind="prefill", tokens=n, mode=mode, ms=ms, tflops_nominal=tf, tflops_done=eff))
         print(f"{'':>8} tca speed-up over dense {dense_ms / rows[-1]['ms']:.2f}x")
 
-    print("\nattention decode (one query, split-KV)")
-    print(f"{'tokens':>8} {'mode':>7} {'us':>9} {'KV MB':>8} {'GB/s':>8} {'of copy':>8}")
+    print("\nattention decode (one query, split-KV; us per launch in a graph, and launched from the host)")
+    head = f"{'tokens':>8} {'mode':>7} {'us':>9} {'KV MB':>8} {'GB/s':>8} {'of copy':>8}"
+    print(f"{head} {'host-launched us':>17}")
     for n in sizes:
         for sparse in (False, True):
-            ms, kv_bytes = bench_decode(n, sparse)
+            ms, ms_host, kv_bytes = bench_decode(n, sparse)
             gbs = kv_bytes / (ms * 1e-3) / 1e9
             mode = "tca" if sparse else "dense"
             frac = 100 * gbs / bw
-            print(f"{n:>8} {mode:>7} {ms * 1e3:>9.1f} {kv_bytes / 1e6:>8.1f} {gbs:>8.0f} {frac:7.1f}%")
-            rows.append(dict(kind="decode", tokens=n, mode=mode, ms=ms, kv_bytes=kv_bytes, GBps=gbs))
+            print(
+                f"{n:>8} {mode:>7} {ms * 1e3:>9.1f} {kv_bytes / 1e6:>8.1f} {gbs:>8.0f} {frac:7.1f}%"
+                f" {ms_host * 1e3:>17.1f}"
+            )
+            rows.append(
+                dict(kind="decode", tokens=n, mode=mode, ms=ms, ms_host=ms_host, kv_bytes=kv_bytes, GBps=gbs)
+            )
 
     print("\nmatvec (one token)")
     print(f"{'type':>6} {'n_out':>6} {'n_in':>6} {'us':>8} {'MB':>7} {'GB/s':>7} {'of copy':>8}")
