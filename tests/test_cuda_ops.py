@@ -86,6 +86,8 @@ ATTN_CASES = [
     (1, 28, 4, 64, 1500, 200, 100, 0),  # decode, GQA 7: one n-tile of 8 rows, one of them padding
     (2, 12, 4, 128, 2500, 0, 0, 0),  # decode, two queries of GQA 3 in one n-tile
     (2, 8, 1, 128, 2000, 100, 300, 0),  # decode, 16 rows (two n-tiles), extras
+    (1, 8, 2, 128, 40000, 4096, 3600, 0),  # decode, a long list of extras (three rounds of its search)
+    (40, 8, 2, 64, 40000, 1000, 2500, 0),  # prefill rows whose lo differ, over a long list of extras
 ]
 
 
