@@ -191,16 +191,21 @@ void check_plan(const i32_array & lo, const i32_array & hi, const std::vector<i3
     }
 }
 
-// q [n_q, n_head, head_dim] f32, k/v [n_head_kv, n_entries, head_dim] f16 -> out [n_q, n_head, head_dim].
-// tile_counters: decode splits take tiles from counters (checked to be zero again after the launch) rather
-// than fixed shares.
-f32_array py_attention(const f32_array & q, const py::array & k, const py::array & v, const i32_array & lo,
-                       const i32_array & hi, const std::vector<i32_array> & extras, int n_split,
-                       bool tile_counters) {
+// q [n_q, n_head, head_dim] f32, k/v [n_head_kv, n_entries, head_dim] f16 -> [n_launch, n_q, n_head,
+// head_dim]: n_launch launches back to back on one stream, the odd ones with -v, each into its own output.
+// tile_counters: decode splits take tiles from counters (checked to be zero again after the launches)
+// rather than fixed shares.
+f32_array py_attention_launches(const f32_array & q, const py::array & k, const py::array & v,
+                                const i32_array & lo, const i32_array & hi,
+                                const std::vector<i32_array> & extras, int n_split, bool tile_counters,
+                                int n_launch) {
     const py::buffer_info kb = f16_info(k, "k");
     const py::buffer_info vb = f16_info(v, "v");
     if (q.ndim() != 3 || kb.ndim != 3 || kb.shape != vb.shape || kb.shape[2] != q.shape(2)) {
         fail("attention: q [n_q, n_head, head_dim], k and v [n_head_kv, n_entries, head_dim] expected");
+    }
+    if (n_launch < 1) {
+        fail("attention: n_launch must be positive");
     }
     const int64_t n_q = q.shape(0), n_head = q.shape(1), d = q.shape(2);
     const int64_t n_head_kv = kb.shape[0], n_entries = kb.shape[1];
@@ -219,31 +224,47 @@ f32_array py_attention(const f32_array & q, const py::array & k, const py::array
             }
         }
     }
+    std::vector<uint16_t> v_neg(size_t(n_launch > 1 ? vb.size : 0));
+    for (size_t i = 0; i < v_neg.size(); ++i) {
+        v_neg[i] = uint16_t(static_cast<const uint16_t *>(vb.ptr)[i] ^ 0x8000u);  // the fp16 sign bit
+    }
     dbuf<float> dq(q.data(), size_t(q.size()));
-    dkv kv(n_head_kv, n_entries, int(d), kb.ptr, vb.ptr);
+    const dkv kv[2] = {dkv(n_head_kv, n_entries, int(d), kb.ptr, vb.ptr),
+                       dkv(n_head_kv, n_launch > 1 ? n_entries : 0, int(d), kb.ptr, v_neg.data())};
     dplan plan(lo, hi, flat_extras(extras));
-    dbuf<float> out(size_t(q.size()));
+    dbuf<float> out(size_t(q.size()) * size_t(n_launch));
     out.poison();
     attn_cuda_params p =
-        attn_params_of(int(n_head), int(n_head_kv), int(d), n_q, n_entries, kv, plan, n_split);
+        attn_params_of(int(n_head), int(n_head_kv), int(d), n_q, n_entries, kv[0], plan, n_split);
     dbuf<float> work(attention_cuda_work_bytes(p) / sizeof(float));
     work.poison();
     const std::vector<int> zeros(size_t(n_head_kv), 0);
     dbuf<int> counters(zeros.data(), zeros.size());
     p.q         = dq.p;
-    p.out       = out.p;
     p.work      = work.p;
     p.tile_next = tile_counters ? counters.p : nullptr;
     p.n_stable  = n_entries - 1;  // decode reads the last entry after the wait, like a new token's row
-    attention_cuda(p, nullptr);
+    for (int i = 0; i < n_launch; ++i) {
+        p.k   = kv[i % 2].k_ptr.p;
+        p.v   = kv[i % 2].v_ptr.p;
+        p.out = out.p + size_t(i) * size_t(q.size());
+        attention_cuda(p, nullptr);
+    }
     std::vector<int> after(zeros.size());
     counters.download(after.data());
     if (after != zeros) {
-        fail("attention: the launch left its tile counters non-zero");
+        fail("attention: the launches left their tile counters non-zero");
     }
-    f32_array res({n_q, n_head, d});
+    f32_array res({int64_t(n_launch), n_q, n_head, d});
     out.download(res.mutable_data());
     return res;
+}
+
+f32_array py_attention(const f32_array & q, const py::array & k, const py::array & v, const i32_array & lo,
+                       const i32_array & hi, const std::vector<i32_array> & extras, int n_split,
+                       bool tile_counters) {
+    const f32_array all = py_attention_launches(q, k, v, lo, hi, extras, n_split, tile_counters, 1);
+    return f32_array({all.shape(1), all.shape(2), all.shape(3)}, all.data());
 }
 
 f32_array py_group_probs(const f32_array & q, const py::array & k, float scale, int64_t norm_begin,
@@ -690,6 +711,9 @@ void bind_cuda(py::module_ & m) {
     m.def("cuda_attention", &py_attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("lo"),
           py::arg("hi"), py::arg("extras") = std::vector<i32_array>{}, py::arg("n_split") = 0,
           py::arg("tile_counters") = true);
+    m.def("cuda_attention_launches", &py_attention_launches, py::arg("q"), py::arg("k"), py::arg("v"),
+          py::arg("lo"), py::arg("hi"), py::arg("extras"), py::arg("n_split"), py::arg("tile_counters"),
+          py::arg("n_launch"));
     m.def("cuda_attention_group_probs", &py_group_probs, py::arg("q"), py::arg("k"), py::arg("scale"),
           py::arg("norm_begin"), py::arg("norm_end"), py::arg("out_begin"), py::arg("out_end"));
     // The matvec bindings take an RMS norm's weight (norm) and eps: x normalised in the deferred form.

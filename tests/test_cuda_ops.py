@@ -145,6 +145,25 @@ def test_attention_decode_tile_counters(n_head, n_head_kv, d, n_entries, window,
     assert rel_err(dynamic, fixed.astype(np.float64)) < 1e-3
 
 
+@pytest.mark.parametrize(
+    "n_head,n_entries,n_split,window",
+    [(32, 4096, 0, 0), (32, 4096, 7, 0), (32, 32768, 0, 0), (8, 1000, 0, 0), (32, 20000, 0, 3000)],
+)
+def test_attention_decode_launches_back_to_back(n_head, n_entries, n_split, window):
+    """Decode launches back to back on one stream, alternating V and -V, each into its own output: with
+    programmatic launches a launch's CTAs start and load K/V while the previous launch's merge runs, and
+    the merge rezeroes the tile counters the next launch draws from. Each output must be its own launch's
+    (the neighbours' show the other sign)."""
+    rng = np.random.default_rng(n_entries + n_split)
+    q = (rng.standard_normal((1, n_head, 128)) * 2.0).astype(np.float32)
+    k, v = random_kv(rng, 8, n_entries, 128)
+    lo, hi = causal_plan(8, 1, n_entries, window)
+    ref = attention_ref(q, k, v, lo, hi, [])
+    outs = _core.cuda_attention_launches(q, k, v, lo, hi, [], n_split, True, 12)
+    for i, out in enumerate(outs):
+        assert rel_err(out, ref if i % 2 == 0 else -ref) < 4e-3
+
+
 @pytest.mark.parametrize("tile_counters", [True, False])
 def test_attention_decode_splits_rows_without_keys(tile_counters):
     """Two decode queries over split keys, one of them with no key in one KV head: the merge of the
