@@ -6,6 +6,7 @@
 // RMS norms run deferred (matvec_in): the residual product that computes r writes r * g and a partial sum
 // of squares per CTA, and the products reading it scale their sums (or their int8 activations) by the norm.
 #include <algorithm>
+#include <cstdint>
 
 #include "common.cuh"
 #include "quant_blocks.cuh"
@@ -350,7 +351,33 @@ __device__ __forceinline__ float rope_epilogue(const matvec_rope & e, int role, 
     return v;
 }
 
-template <ggml_type T, bool ROPE>
+// Launches of at most this many weight bytes stream them in less time than a round trip to DRAM and a
+// kernel's start (~1.3 us at 3 TB/s): their CTAs trigger their successor at once and ask L2 for their rows
+// before they wait, so that the next small launch's weights are on their way while this one runs.
+// SmolLM2-135M shapes on the H100 (tg128, two interleaved pairs): Q4_1 1,048-1,080 -> 1,185-1,199 t/s, F16
+// 978-988 -> 1,102-1,121; the trigger without the request lost 3%. Larger launches are bound by bandwidth,
+// where both lost (cuda/NOTES.md items 12 and 18); the 8B shapes have none this small.
+constexpr size_t kSmallLaunchBytes = size_t(4) << 20;
+
+// The start of a small launch: lets the next kernel's CTAs start and asks L2 for this CTA's rows [R] of
+// row_bytes each (whole 128-byte lines).
+template <int R>
+__device__ __forceinline__ void small_launch_start(const uint8_t * const (&rows)[R], size_t row_bytes) {
+    pdl_trigger();
+#pragma unroll
+    for (int rr = 0; rr < R; ++rr) {
+        const uintptr_t first = reinterpret_cast<uintptr_t>(rows[rr]) / 128;
+        const uintptr_t last  = (reinterpret_cast<uintptr_t>(rows[rr]) + row_bytes - 1) / 128;
+        for (uintptr_t line = first + threadIdx.x; line <= last; line += blockDim.x) {
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(line * 128));
+        }
+    }
+}
+
+// SMALL: a small launch (kSmallLaunchBytes). A template parameter rather than a run-time flag: the other
+// instances then compile exactly as without it (a flag changed ptxas's F16 SwiGLU from 118 to 92 registers,
+// and F16 tg128 on the 8B shape from 169.0 to 160.3 t/s, one run each).
+template <ggml_type T, bool ROPE, bool SMALL>
 __global__ void __launch_bounds__(32 * kMatvecWarps)
     matvec_kernel(const matvec_segs segs, size_t row_bytes, int64_t n_in, const matvec_x in,
                   const matvec_rope rope) {
@@ -374,6 +401,9 @@ __global__ void __launch_bounds__(32 * kMatvecWarps)
     for (int rr = 0; rr < R; ++rr) {
         // Rows past the end re-read the last row (branch-free); their sums are dropped below.
         rows[rr] = sg.w + min(row0 + rr, sg.n_out - 1) * row_bytes;
+    }
+    if constexpr (SMALL) {
+        small_launch_start<R>(rows, row_bytes);
     }
     pdl_wait();  // x comes from the previous kernel
     float scale;
@@ -414,7 +444,7 @@ __global__ void __launch_bounds__(32 * kMatvecWarps)
 }
 
 // y[o] = silu(gate[o] . x) * (up[o] . x): a CTA reads matvec_rows<T> rows of each weight.
-template <ggml_type T>
+template <ggml_type T, bool SMALL>
 __global__ void __launch_bounds__(32 * kMatvecWarps)
     matvec_swiglu_kernel(const uint8_t * gate, const uint8_t * up, size_t row_bytes, int64_t n_in,
                          int64_t n_out, const matvec_x in, float * y) {
@@ -427,6 +457,9 @@ __global__ void __launch_bounds__(32 * kMatvecWarps)
         const int64_t row = min(row0 + rr, n_out - 1);
         rows[rr]          = gate + row * row_bytes;
         rows[RS + rr]     = up + row * row_bytes;
+    }
+    if constexpr (SMALL) {
+        small_launch_start<R>(rows, row_bytes);
     }
     pdl_wait();
     float scale;
@@ -572,9 +605,15 @@ struct matvec_launch {
     cudaStream_t stream;
     template <ggml_type T>
     void operator()() const {
-        launch_pdl(rope ? matvec_kernel<T, true> : matvec_kernel<T, false>,
-                   unsigned(segs.s[segs.n - 1].cta_end), matvec_threads<T>(n_in, matvec_max_warps(T)), 0,
-                   stream, segs, row_bytes, n_in, in, rope ? *rope : matvec_rope{});
+        size_t bytes = 0;
+        for (int j = 0; j < segs.n; ++j) {
+            bytes += size_t(segs.s[j].n_out) * row_bytes;
+        }
+        const bool small = bytes <= kSmallLaunchBytes;
+        auto * kernel    = rope ? (small ? matvec_kernel<T, true, true> : matvec_kernel<T, true, false>)
+                                : (small ? matvec_kernel<T, false, true> : matvec_kernel<T, false, false>);
+        launch_pdl(kernel, unsigned(segs.s[segs.n - 1].cta_end), matvec_threads<T>(n_in, matvec_max_warps(T)),
+                   0, stream, segs, row_bytes, n_in, in, rope ? *rope : matvec_rope{});
     }
 };
 
@@ -586,7 +625,9 @@ struct matvec_swiglu_launch {
     cudaStream_t stream;
     template <ggml_type T>
     void operator()() const {
-        launch_pdl(matvec_swiglu_kernel<T>, unsigned(ceil_div(gate.n_out, matvec_rows<T>)),
+        const bool small = 2 * size_t(gate.n_out) * gate.row_bytes() <= kSmallLaunchBytes;
+        launch_pdl(small ? matvec_swiglu_kernel<T, true> : matvec_swiglu_kernel<T, false>,
+                   unsigned(ceil_div(gate.n_out, matvec_rows<T>)),
                    matvec_threads<T>(gate.n_in, matvec_max_warps(T)), 0, stream,
                    static_cast<const uint8_t *>(gate.data), static_cast<const uint8_t *>(up.data),
                    gate.row_bytes(), gate.n_in, gate.n_out, in, y);
