@@ -7,7 +7,8 @@
 // (decode's tile math is in attention_decode.cuh):
 //   prefill (M = 128): each of the 4 warps owns 32 rows (two m-tiles) and all keys of a tile;
 //   decode  (M = 8 or 16): the 4 warps share the rows and take a quarter of each tile's keys each, and
-//                     their softmax states are merged in shared memory at the end.
+//                     their softmax states are merged in shared memory at the end. Where no split has more
+//                     than two tiles, a CTA of 8 warps takes its two tiles at once, four warps each.
 // The key list may be split over gridDim.z CTAs; their partial results (output normalised within
 // the split, plus its log-sum-exp) go to the workspace and a second kernel merges them. Prefill splits own
 // contiguous ranges of tiles; decode splits take three tiles each and then draw from a counter per KV head.
@@ -23,12 +24,17 @@ namespace tca {
 
 namespace {
 
-constexpr int kThreads     = 32 * kWarps;
 constexpr float kLog2e     = 1.4426950408889634f;
 constexpr int kPrefillRows = 32 * kWarps;  // each warp owns two m-tiles of 16 rows
+// Warps of a decode CTA that takes its tiles in pairs: a split's chain of two tile steps becomes one (H100,
+// 8 KV heads, head_dim 128, graphs of 20 launches: 4K 9.34 -> 9.00 us, 2K 6.66 -> 6.43, 3K 8.4 -> 8.2). With
+// no loop to carry, ptxas gives the instance 62 registers, so three CTAs of 256 threads fit on a
+// multiprocessor, as three of 128 did.
+constexpr int kPairWarps = 8;
 
-// M: packed query rows per CTA, kPrefillRows for prefill or 8 or 16 for decode (which splits the keys).
-template <int D, int M_>
+// M: packed query rows per CTA, kPrefillRows for prefill or 8 or 16 for decode (which splits the keys);
+// W: warps per CTA.
+template <int D, int M_, int W = kWarps>
 struct attn_cfg {
     static constexpr int M       = M_;
     static constexpr bool decode = M <= 16;
@@ -38,7 +44,7 @@ struct attn_cfg {
     static constexpr int LDO       = D + 4;  // row stride of the fp32 merge buffer
     static constexpr size_t tile   = size_t(kTileN) * LD;            // halves of one K or V tile
     static constexpr size_t kv     = 2 * 2 * tile * sizeof(__half);  // double-buffered K and V
-    static constexpr size_t merge  = decode ? size_t(kWarps) * M * (LDO + 2) * sizeof(float) : 0;
+    static constexpr size_t merge  = decode ? size_t(W) * M * (LDO + 2) * sizeof(float) : 0;
     static constexpr size_t region = kv > merge ? kv : merge;
     static constexpr size_t q      = size_t(M) * LD * sizeof(__half);
     static constexpr size_t smem   = region + q + 2 * kTileN * sizeof(int32_t);  // + key indices per buffer
@@ -101,10 +107,12 @@ __device__ __forceinline__ int count_below(const int32_t * x, int n, int bound, 
     return a + __popc(__ballot_sync(0xffffffff, a + lane < b && x[a + lane] < bound));
 }
 
-template <int D, int M>
-__global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p, int n_split) {
-    using C                   = attn_cfg<D, M>;
+template <int D, int M, int W>
+__global__ void __launch_bounds__(32 * W) attn_kernel(const attn_cuda_params p, int n_split) {
+    using C                   = attn_cfg<D, M, W>;
     constexpr bool SPLIT_KEYS = C::decode;
+    constexpr bool PAIRS      = SPLIT_KEYS && W == kPairWarps;  // decode tiles taken two at a time
+    constexpr int NTH         = 32 * W;
     pdl_trigger();  // the next kernel's CTAs may start (they wait for this kernel to end)
     if (!SPLIT_KEYS) {
         pdl_wait();  // decode waits after issuing the loads of K/V written before this step (below)
@@ -149,7 +157,7 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
         s_ext[3] = INT_MAX;
     }
     __syncthreads();
-    for (int r = threadIdx.x; r < C::M; r += kThreads) {
+    for (int r = threadIdx.x; r < C::M; r += NTH) {
         int orow = -1;
         int rl   = 0;
         int rh   = 0;
@@ -196,7 +204,7 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
         }
         __half * s_k = s_kv + (2 * buf) * C::tile;
         __half * s_v = s_k + C::tile;
-        for (int c = threadIdx.x; c < kTileN * D / 8; c += kThreads) {
+        for (int c = threadIdx.x; c < kTileN * D / 8; c += NTH) {
             const int row     = c / (D / 8);
             const int col     = (c % (D / 8)) * 8;
             const int j       = key_at(t0 + row);
@@ -211,7 +219,7 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
     // next keeps more of the K/V stream in flight (one 128-byte line of K and one of V per thread).
     auto prefetch_tile = [&](int tile) {
         constexpr int lines = D * int(sizeof(__half)) / 128;  // per row
-        for (int c = threadIdx.x; c < kTileN * lines; c += kThreads) {
+        for (int c = threadIdx.x; c < kTileN * lines; c += NTH) {
             const int j = key_at(tile * kTileN + c / lines);
             if (j >= 0) {
                 const int64_t off = int64_t(j) * D + (c % lines) * 64;
@@ -226,7 +234,7 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
     // CTA leaves the launch waiting for the slowest. Up to four, fixed shares spare thread 0's atomics, which
     // sit before the first barrier (H100, 8 KV heads: 4K 10.6 -> 10.2 us, 7K 15.9 -> 15.2, 8K 16.7 -> 16.3).
     constexpr int kPre      = 3;  // tiles every CTA takes before the counter's: split, + n_split, + 2 n_split
-    const bool shared_tiles = SPLIT_KEYS && n_split > 1 && p.tile_next && n_tiles > 4 * n_split;
+    const bool shared_tiles = SPLIT_KEYS && !PAIRS && n_split > 1 && p.tile_next && n_tiles > 4 * n_split;
     int * counter           = shared_tiles ? p.tile_next + ig : nullptr;
     int pending             = 0;  // thread 0: the counter value fetched one step ago
     // This CTA's tiles in order: cur (loading), nxt and nn (the next two; -1 past the end). Without a counter
@@ -277,7 +285,7 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
 
     // Q rows, pre-scaled into the log2 domain, as fp16 in shared memory (read while the first tile loads).
     const float q_scale = p.scale * kLog2e;
-    for (int c = threadIdx.x; c < C::M * D / 4; c += kThreads) {
+    for (int c = threadIdx.x; c < C::M * D / 4; c += NTH) {
         const int r    = c / (D / 4);
         const int d    = (c % (D / 4)) * 4;
         const int orow = s_orow[r];
@@ -311,7 +319,28 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
     typename C::decode_state st;
     st.init();
 
-    for (int step = 0;; ++step) {
+    if constexpr (PAIRS) {
+        // Warps 0-3 take cur (buffer 0), warps 4-7 nxt (buffer 1), a quarter of the keys each. The host picks
+        // this shape only where no split has more than two tiles.
+        if (nxt >= 0 && !nxt_issued) {
+            load_tile(nxt, 1);
+            cp_async_commit();
+        }
+        cp_async_wait<0>();
+        __syncthreads();
+        st.load_q(s_q, lane);
+        const int half = warp / 4;
+        const int tile = half ? nxt : cur;
+        if (tile >= 0) {
+            const __half * s_k   = s_kv + (2 * half) * C::tile;
+            const int t0         = tile * kTileN;
+            const bool all_valid = (t0 >= s_ext[6] && t0 + kTileN <= s_ext[7]) || t0 + kTileN <= s_ext[5];
+            const tile_keys tk{s_key + half * kTileN, s_rlo, s_rhi, t0, n_ex, all_valid};
+            st.step(s_k, s_k + C::tile, tk, C::decode_state::NK * (warp % 4), lane);
+        }
+        __syncthreads();  // the epilogue reuses the K/V buffers
+    }
+    for (int step = 0; !PAIRS; ++step) {  // one tile at a time (the pairs above took every tile)
         const int tile = SPLIT_KEYS ? cur : tb + step;
         if (SPLIT_KEYS ? tile < 0 : tile >= te) {
             break;
@@ -499,26 +528,26 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(const attn_cuda_params p
         // for the rows that exist (a GQA group of 4 fills 4 of the 8; the padding rows cost microseconds).
         // The loop's last barrier freed the K/V buffers this reuses.
         const int n_valid = int(min(int64_t(M), n_rows - row0));
-        float * s_o       = reinterpret_cast<float *>(smem);  // [kWarps][M][LDO]
-        float * s_ml      = s_o + kWarps * M * C::LDO;        // [kWarps][M] max, then [kWarps][M] sum
-        st.store(s_o + warp * M * C::LDO, C::LDO, s_ml + warp * M, s_ml + (kWarps + warp) * M, n_valid, lane);
+        float * s_o       = reinterpret_cast<float *>(smem);  // [W][M][LDO]
+        float * s_ml      = s_o + W * M * C::LDO;             // [W][M] max, then [W][M] sum
+        st.store(s_o + warp * M * C::LDO, C::LDO, s_ml + warp * M, s_ml + (W + warp) * M, n_valid, lane);
         __syncthreads();
-        for (int c = threadIdx.x; c < n_valid * (D / 4); c += kThreads) {
+        for (int c = threadIdx.x; c < n_valid * (D / 4); c += NTH) {
             const int row = c / (D / 4);
             const int d   = (c % (D / 4)) * 4;
             float mx      = -INFINITY;
 #pragma unroll
-            for (int w = 0; w < kWarps; ++w) {
+            for (int w = 0; w < W; ++w) {
                 mx = fmaxf(mx, s_ml[w * M + row]);
             }
             const float base = mx == -INFINITY ? 0.0f : mx;
             float ls         = 0.0f;
             float os[4]      = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-            for (int w = 0; w < kWarps; ++w) {
+            for (int w = 0; w < W; ++w) {
                 const float f  = fast_exp2(s_ml[w * M + row] - base);
                 const float4 v = *reinterpret_cast<const float4 *>(s_o + (w * M + row) * C::LDO + d);
-                ls += s_ml[(kWarps + w) * M + row] * f;
+                ls += s_ml[(W + w) * M + row] * f;
                 os[0] += v.x * f;
                 os[1] += v.y * f;
                 os[2] += v.z * f;
@@ -617,18 +646,18 @@ __global__ void __launch_bounds__(kMergeThreads)
     }
 }
 
-template <int D, int M>
+template <int D, int M, int W>
 void attn_launch(const attn_cuda_params & p, int n_split, cudaStream_t stream) {
-    using C              = attn_cfg<D, M>;
+    using C              = attn_cfg<D, M, W>;
     const int64_t n_rows = p.n_q * (p.n_head / p.n_head_kv);
     const dim3 grid(unsigned(ceil_div(n_rows, M)), unsigned(p.n_head_kv), unsigned(n_split));
     static const bool smem_set = [] {  // once per instance: the call costs host time on every launch
-        CUDA_CHECK(cudaFuncSetAttribute(attn_kernel<D, M>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        CUDA_CHECK(cudaFuncSetAttribute(attn_kernel<D, M, W>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         int(C::smem)));
         return true;
     }();
     (void)smem_set;
-    launch_pdl(attn_kernel<D, M>, grid, kThreads, C::smem, stream, p, n_split);
+    launch_pdl(attn_kernel<D, M, W>, grid, 32 * W, C::smem, stream, p, n_split);
     CUDA_CHECK_LAUNCH("attn_kernel");
 }
 
@@ -730,7 +759,18 @@ void attention_cuda(const attn_cuda_params & p, cudaStream_t stream) {
              attention_cuda_work_bytes(p));
     }
     const bool split_keys = attn_rows(p) < kPrefillRows;
-    attn_instance(p, [&](auto d, auto m) { attn_launch<d, m>(p, n_split, stream); });
+    // With one query a CTA's key list has at most n_keys_max keys (its extras are distinct entries below its
+    // dense range); the rows of several queries see the union of their ranges, which may hold more.
+    const bool pairs = split_keys && p.n_q == 1 && p.n_keys_max <= int64_t(2) * kTileN * n_split;
+    attn_instance(p, [&](auto d, auto m) {
+        if constexpr (m < kPrefillRows) {
+            if (pairs) {
+                attn_launch<d, m, kPairWarps>(p, n_split, stream);
+                return;
+            }
+        }
+        attn_launch<d, m, kWarps>(p, n_split, stream);
+    });
     if (n_split > 1) {
         const int64_t n_out = p.n_q * p.n_head;
         launch_pdl(attn_merge_kernel, unsigned(n_out), kMergeThreads, 0, stream,

@@ -27,7 +27,7 @@ struct attn_cuda_params {
 
     const int32_t * lo;            // [n_head_kv, n_q]
     const int32_t * hi;            // [n_head_kv, n_q]
-    const int32_t * extra;         // concatenated sorted lists, one per KV head; may be null
+    const int32_t * extra;         // sorted lists of distinct entries per KV head, joined; may be null
     const int32_t * extra_offset;  // [n_head_kv + 1] offsets into extra; null when there are no extras
 
     // Upper bound of the keys any query sees (cache length): sizes the split over keys.

@@ -44,7 +44,7 @@ __device__ __forceinline__ float softmax_rebase(float & m, float mx, float & bas
 template <int D, int NT>
 struct keys_tile {
     static constexpr int LD = D + 8;
-    static constexpr int NK = kTileN / kWarps;  // keys of a tile per warp: one m-tile
+    static constexpr int NK = kTileN / kWarps;  // keys of a tile per warp: one m-tile (of four warps)
     static_assert(NK == 16, "one 16-key m-tile per warp");
     uint32_t qb[NT][D / 16][2];  // Q^T's B fragments: (dims 16 kk + 2t, +1 (+8), row 8 nt + g)
     float m[NT][2];              // rows 8 nt + 2t + r

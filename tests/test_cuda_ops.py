@@ -179,6 +179,25 @@ def test_attention_decode_splits_rows_without_keys(tile_counters):
     assert rel_err(out, ref) < 4e-3
 
 
+@pytest.mark.parametrize(
+    "n_head,n_head_kv,d,n_entries,n_split",
+    [(32, 8, 128, 1000, 8), (16, 1, 64, 1000, 8), (8, 2, 128, 100, 8), (32, 8, 128, 4096, 32)],
+)
+def test_attention_decode_tile_pairs(n_head, n_head_kv, d, n_entries, n_split):
+    """One-query decode whose splits have at most two tiles each runs CTAs of 8 warps that take both tiles
+    at once: a window with extras below it, 8 and 16 rows, both head dims, and splits left with one tile
+    or none."""
+    rng = np.random.default_rng(n_entries + d)
+    q = (rng.standard_normal((1, n_head, d)) * 2.0).astype(np.float32)
+    k, v = random_kv(rng, n_head_kv, n_entries, d)
+    lo, hi = causal_plan(n_head_kv, 1, n_entries, n_entries // 3)
+    extras = [
+        np.sort(rng.choice(lo.min(), lo.min() // 2, replace=False)).astype(np.int32) for _ in range(n_head_kv)
+    ]
+    out = _core.cuda_attention(q, k, v, lo, hi, extras, n_split)
+    assert rel_err(out, attention_ref(q, k, v, lo, hi, extras)) < 4e-3
+
+
 def test_attention_query_without_keys_writes_zeros():
     rng = np.random.default_rng(3)
     q = rng.standard_normal((4, 4, 64)).astype(np.float32)
