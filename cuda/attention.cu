@@ -27,7 +27,7 @@ namespace {
 constexpr float kLog2e     = 1.4426950408889634f;
 constexpr int kPrefillRows = 32 * kWarps;  // each warp owns two m-tiles of 16 rows
 // Warps of a decode CTA that takes its tiles in pairs: a split's chain of two tile steps becomes one (H100,
-// 8 KV heads, head_dim 128, graphs of 20 launches: 4K 9.34 -> 9.00 us, 2K 6.66 -> 6.43, 3K 8.4 -> 8.2). With
+// 8 KV heads, head_dim 128, graphs of 20 launches: 4K 9.43 -> 9.00 us, 2K 6.70 -> 6.50, 3K 8.4 -> 8.2). With
 // no loop to carry, ptxas gives the instance 62 registers, so three CTAs of 256 threads fit on a
 // multiprocessor, as three of 128 did.
 constexpr int kPairWarps = 8;
